@@ -1,0 +1,3 @@
+from deblur_cli.cli import main
+
+main()
