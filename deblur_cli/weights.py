@@ -68,3 +68,16 @@ def build_generator(config: MSDNConfig, state_dict: dict[str, torch.Tensor]) -> 
     except RuntimeError as exc:
         raise MsdnError(f"weights do not fit the model: {str(exc).splitlines()[0]}") from None
     return model
+
+
+def load_generator(model: str | None = None, weights: Path | None = None, offline: bool = False) -> MSDN:
+    """The generator to deblur with (training-form weights; callers fuse them for inference).
+
+    Interim version: only `weights` paths. The manifest / Hub resolution replaces the error below.
+    """
+    if weights is not None:
+        return build_generator(*load_weights_file(Path(weights)))
+    raise MsdnError(
+        "no trained MSDN weights are available yet: pass --weights PATH to a generator file "
+        "(train one with `msdn train` and export it with `msdn weights export`)"
+    )
