@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any, TypeVar
 
 import typer
@@ -62,6 +64,190 @@ def _root(
 
 
 # Commands are defined below, one section per concern (deblur, weights, eval, train).
+
+
+# --- weights ---
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n} B"
+
+
+def _metrics_text(metrics: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()) or "-"
+
+
+@contextlib.contextmanager
+def _byte_progress(label: str) -> Iterator[Callable[[int, int], None]]:
+    """A rich download bar bound to the library's progress(done, total) callback."""
+    from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
+                               TransferSpeedColumn)
+
+    columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+               TimeRemainingColumn())
+    with Progress(*columns, console=console) as bar:
+        task = bar.add_task(label, total=None)
+        yield lambda done, total: bar.update(task, completed=done, total=total or None)
+
+
+@weights_app.command("list")
+@friendly_errors
+def weights_list() -> None:
+    """List the models in the weights manifest and whether they are on this machine."""
+    from rich.table import Table
+
+    from deblur_cli import weights as w
+
+    manifest = w.load_manifest()
+    if not manifest.models:
+        console.print("No published models in the weights manifest yet. Use --weights PATH with a file from "
+                      "`msdn train` + `msdn weights export`.")
+        return
+    settings = w.hub_settings()
+    table = Table(title="MSDN generator weights")
+    for column in ("name", "default", "size", "local", "metrics", "description"):
+        table.add_column(column)
+    for entry in manifest.models:
+        local = ", ".join(w.local_copies(entry, settings)) or "-"
+        table.add_row(entry.name, "*" if entry.name == manifest.default else "", _size(entry.size_bytes), local,
+                      _metrics_text(entry.metrics), entry.description)
+    Console().print(table)
+
+
+@weights_app.command("info")
+@friendly_errors
+def weights_info(name: str = typer.Argument(..., help="Model name from `msdn weights list`.")) -> None:
+    """Show everything the manifest records about one model, and where it is on this machine."""
+    import json
+
+    from rich.table import Table
+
+    from deblur_cli import weights as w
+
+    manifest = w.load_manifest()
+    entry = manifest.entry(name)
+    table = Table(show_header=False, title=f"model '{entry.name}'")
+    table.add_column("field", style="bold")
+    table.add_column("value", overflow="fold")
+    copies = w.local_copies(entry)
+    rows = [("description", entry.description), ("default", "yes" if entry.name == manifest.default else "no"),
+            ("repository", f"{entry.repo_id} @ {entry.revision}"), ("file", entry.filename),
+            ("size", f"{_size(entry.size_bytes)} ({entry.size_bytes} bytes)"), ("sha256", entry.sha256),
+            ("tile / overlap", f"{entry.tile} / {entry.overlap}"), ("license", entry.license),
+            ("training data", entry.training_data), ("metrics", _metrics_text(entry.metrics)),
+            ("config", json.dumps(entry.config.to_dict(), sort_keys=True))]
+    rows += [(f"local ({kind})", str(path)) for kind, path in copies.items()] or [("local", "not downloaded")]
+    for key, value in rows:
+        table.add_row(key, value)
+    Console().print(table)
+
+
+@weights_app.command("download")
+@friendly_errors
+def weights_download(
+    name: str | None = typer.Argument(None, help="Model name (default: the manifest's default model)."),
+    force: bool = typer.Option(False, "--force", help="Download again even if a verified copy is cached."),
+) -> None:
+    """Fetch a model into the Hugging Face cache (verified) so it works offline later."""
+    from deblur_cli import weights as w
+
+    entry = w.load_manifest().entry(name)
+    with _byte_progress(f"{entry.name}") as progress:
+        resolved = w.fetch_model(entry, force=force, progress=progress)
+    console.print(f"[green]ok[/] {entry.name}: {resolved.source}, sha256 verified", highlight=False)
+    typer.echo(str(resolved.path))
+
+
+@weights_app.command("verify")
+@friendly_errors
+def weights_verify(
+    name: str | None = typer.Argument(None, help="Model name (default: every model in the manifest)."),
+    weights: Path | None = typer.Option(None, "--weights", help="Check that this file loads as an MSDN instead."),
+) -> None:
+    """Check local copies against the manifest's sha256 and size (exit 1 on any mismatch)."""
+    from deblur_cli import weights as w
+
+    if weights is not None:
+        model = w.load_generator(weights=weights)
+        params = sum(p.numel() for p in model.parameters())
+        console.print(f"[green]ok[/] {weights}: loads strictly as an MSDN with {params:,} parameters; "
+                      f"sha256 {w.sha256_file(weights)}, {weights.stat().st_size} bytes", highlight=False)
+        return
+    manifest = w.load_manifest()
+    entries = [manifest.entry(name)] if name is not None else list(manifest.models)
+    if not entries:
+        console.print("No published models in the weights manifest yet; nothing to verify.")
+        return
+    bad = 0
+    for entry in entries:
+        copies = w.local_copies(entry)
+        if not copies:
+            console.print(f"[yellow]-[/] {entry.name}: not downloaded (`msdn weights download {entry.name}`)",
+                          highlight=False)
+        for kind, path in copies.items():
+            problem = w.file_problem(path, entry)
+            if problem is None:
+                console.print(f"[green]ok[/] {entry.name} ({kind}): {path}", highlight=False)
+            else:
+                bad += 1
+                console.print(f"[bold red]MISMATCH[/] {entry.name} ({kind}): {path}: {problem}", highlight=False)
+    if bad:
+        raise fail(f"{bad} file{'s' if bad > 1 else ''} do not match the manifest and will not be used "
+                   "(re-fetch with `msdn weights download NAME --force`)")
+
+
+@weights_app.command("export")
+@friendly_errors
+def weights_export(
+    checkpoint: Path = typer.Argument(..., help="Training checkpoint (.pt from `msdn train`)."),
+    output: Path = typer.Option(..., "--output", "-o", help="The .safetensors file to write."),
+    dtype: str = typer.Option("fp32", "--dtype", help="fp32 or fp16 storage."),
+    name: str | None = typer.Option(None, "--name", help="Model name (default: the output file's stem)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing output files."),
+) -> None:
+    """Turn a training checkpoint into safetensors + config.json + a model card; print its manifest entry."""
+    import json
+
+    import torch
+
+    from deblur_cli import weights as w
+
+    dtypes = {"fp32": torch.float32, "fp16": torch.float16}
+    if dtype not in dtypes:
+        raise fail(f"--dtype must be fp32 or fp16, got '{dtype}'")
+    result = w.export_checkpoint(checkpoint, output, dtype=dtypes[dtype], name=name, overwrite=overwrite)
+    console.print(f"[green]wrote[/] {result.weights}, {result.config_json}, {result.readme}", highlight=False)
+    console.print("Manifest entry (fill in repo_id/revision, or use `msdn weights push`):", highlight=False)
+    typer.echo(json.dumps(result.entry, indent=2))
+
+
+@weights_app.command("push")
+@friendly_errors
+def weights_push(
+    name: str = typer.Argument(..., help="Model name for the manifest entry."),
+    repo_id: str = typer.Option(..., "--repo-id", help="Hub repository you own, e.g. you/msdn-gopro."),
+    weights: Path | None = typer.Option(None, "--weights", help="Exported .safetensors (default: NAME.safetensors)."),
+    revision: str | None = typer.Option(None, "--revision", help="Branch to commit to (default: main)."),
+    private: bool = typer.Option(False, "--private", help="Create the repository as private."),
+    token: str | None = typer.Option(None, "--token", help="Hub token (default: HF_TOKEN or the saved login)."),
+) -> None:
+    """Upload weights + config.json + model card in one commit; print the manifest entry pinned to it."""
+    import json
+
+    from deblur_cli import weights as w
+
+    path = weights if weights is not None else Path(f"{name}.safetensors")
+    if not path.is_file():
+        raise fail(f"weights file not found: {path} (export one with `msdn weights export`, or pass --weights)")
+    entry = w.push_weights(name, path, repo_id, revision=revision, private=private, token=token)
+    console.print(f"[green]pushed[/] {path.name}, config.json, README.md to {repo_id} @ {entry['revision']}",
+                  highlight=False)
+    console.print("Manifest entry to add to deblur_cli/weights_manifest.json:", highlight=False)
+    typer.echo(json.dumps(entry, indent=2))
 
 
 def main() -> None:
