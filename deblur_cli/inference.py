@@ -1,0 +1,160 @@
+"""Run a generator over a photo of any size in overlapping tiles, with memory bounded by the tile batch.
+
+The image stays on the CPU; tiles are gathered (reflect padding by index arithmetic, see
+`deblur_cli.tiling`), sent to the model's device a batch at a time, weighted by separable blend
+windows and added straight into the output. Peak memory is therefore the input and output images
+plus one batch of tiles and the model's activations for it, whatever the photo's size.
+
+Mixed precision (`amp="bf16"|"fp16"`) is CUDA only: on CPU it is refused with an MsdnError rather
+than silently ignored, because CPU autocast is slower than float32 for this network's convolutions
+and a flag that does nothing would be misleading.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+
+import torch
+from torch import Tensor
+
+from deblur_cli.errors import MsdnError
+from deblur_cli.model import MSDN, fuse_for_inference
+from deblur_cli.tiling import AxisTile, axis_windows, plan_axis, source_indices, validate_tiling
+
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def select_device(name: str = "auto") -> torch.device:
+    """Resolve a user's device choice, failing with a clear message when it is not there."""
+    choice = name.strip().lower()
+    if choice == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if _mps_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if choice == "cpu":
+        return torch.device("cpu")
+    if choice == "mps":
+        if not _mps_available():
+            raise MsdnError("MPS (Apple GPU) was requested but is not available on this machine; use --device cpu")
+        return torch.device("mps")
+    if choice == "cuda" or choice.startswith("cuda:"):
+        index = choice.partition(":")[2]
+        if index and not index.isdigit():
+            raise MsdnError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps")
+        if not torch.cuda.is_available():
+            raise MsdnError("CUDA was requested but is not available on this machine; use --device cpu")
+        if index and int(index) >= torch.cuda.device_count():
+            raise MsdnError(f"{choice} was requested but only {torch.cuda.device_count()} CUDA device(s) exist")
+        return torch.device(choice)
+    raise MsdnError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps")
+
+
+def _mps_available() -> bool:
+    backend = getattr(torch.backends, "mps", None)
+    return bool(backend and backend.is_available())
+
+
+def prepare_model(model: MSDN, device: torch.device, channels_last: bool | None = None) -> MSDN:
+    """Fuse weight norm, switch to eval, freeze and move; channels_last by default on CPU and CUDA,
+    where oneDNN / cuDNN run NHWC convolutions faster (CPU: 0.16 s -> 0.08 s per 256px tile)."""
+    if channels_last is None:
+        channels_last = device.type in ("cpu", "cuda")
+    model = fuse_for_inference(model).requires_grad_(False).to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def deblur(
+    model: MSDN,
+    image: Tensor,
+    *,
+    tile: int = 256,
+    overlap: int = 32,
+    batch_size: int = 4,
+    amp: str | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> Tensor:
+    """Deblur a (1, 3, H, W) float [0, 1] CPU image tile by tile; returns (1, 3, H, W) float32 on CPU.
+
+    `progress(done_tiles, total_tiles)` is called once before the first batch and after each.
+    """
+    validate_tiling(tile, overlap)
+    if batch_size < 1:
+        raise MsdnError(f"batch size must be at least 1, got {batch_size}")
+    if image.ndim != 4 or image.shape[0] != 1:
+        raise ValueError(f"expected a (1, C, H, W) image, got shape {tuple(image.shape)}")
+    param = next(model.parameters())
+    device = param.device
+    autocast = _autocast(amp, device)
+    memory_format = torch.channels_last if _is_channels_last(model) else torch.contiguous_format
+
+    image = image.detach().to("cpu", torch.float32)
+    height, width = image.shape[-2:]
+    rows, cols = plan_axis(height, tile, overlap), plan_axis(width, tile, overlap)
+    row_weights = [w.to(device, torch.float32) for w in axis_windows(rows)]
+    col_weights = [w.to(device, torch.float32) for w in axis_windows(cols)]
+    grid = [(r, c) for r in range(len(rows)) for c in range(len(cols))]
+    output = torch.zeros_like(image)
+
+    total = len(grid)
+    if progress is not None:
+        progress(0, total)
+    with torch.inference_mode():
+        for done, batch in _batches(grid, batch_size):
+            tiles = torch.cat([_gather(image, rows[r], cols[c]) for r, c in batch])
+            tiles = tiles.to(device, non_blocking=True).contiguous(memory_format=memory_format)
+            with autocast:
+                result = model(tiles)
+            result = result.float()
+            for k, (r, c) in enumerate(batch):
+                _accumulate(output, result[k], rows[r], cols[c], row_weights[r], col_weights[c])
+            if progress is not None:
+                progress(done, total)
+    return output.clamp_(0.0, 1.0)
+
+
+def _autocast(amp: str | None, device: torch.device) -> contextlib.AbstractContextManager:
+    if amp is None:
+        return contextlib.nullcontext()
+    if amp not in AMP_DTYPES:
+        raise MsdnError(f"unknown mixed precision {amp!r}; use bf16 or fp16")
+    if device.type != "cuda":
+        raise MsdnError(f"mixed precision ({amp}) needs a CUDA device; on {device.type} run without it (float32)")
+    if amp == "bf16" and not torch.cuda.is_bf16_supported():
+        raise MsdnError("this GPU does not support bf16; use fp16")
+    return torch.autocast(device_type="cuda", dtype=AMP_DTYPES[amp])
+
+
+def _is_channels_last(model: MSDN) -> bool:
+    weight = next((p for p in model.parameters() if p.ndim == 4), None)
+    return weight is not None and weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
+
+
+def _batches(grid: list[tuple[int, int]], size: int) -> Iterator[tuple[int, list[tuple[int, int]]]]:
+    for start in range(0, len(grid), size):
+        batch = grid[start : start + size]
+        yield start + len(batch), batch
+
+
+def _gather(image: Tensor, row: AxisTile, col: AxisTile) -> Tensor:
+    """The (1, C, th, tw) input of one tile; a view when it lies inside the image, else reflected."""
+    height, width = image.shape[-2:]
+    if 0 <= row.start and row.stop <= height:
+        out = image[:, :, row.start : row.stop]
+    else:
+        out = image.index_select(2, source_indices(row, height))
+    if 0 <= col.start and col.stop <= width:
+        return out[:, :, :, col.start : col.stop]
+    return out.index_select(3, source_indices(col, width))
+
+
+def _accumulate(output: Tensor, result: Tensor, row: AxisTile, col: AxisTile, wr: Tensor, wc: Tensor) -> None:
+    """Add one tile's (C, th, tw) result, cropped to where its weight is non-zero, into `output`."""
+    (r0, r1), (c0, c1) = row.keep, col.keep
+    crop = result[:, r0 - row.start : r1 - row.start, c0 - col.start : c1 - col.start]
+    weighted = crop * wr[:, None] * wc[None, :]
+    output[0, :, r0:r1, c0:c1] += weighted.to(output.device)
