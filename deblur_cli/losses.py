@@ -1,0 +1,99 @@
+"""Training losses and the PatchGAN critic, each small and separate (DeblurGAN recipe).
+
+- Critic: DeblurGAN's 70x70 PatchGAN (`NLayerDiscriminator`, 3 strided layers, 4x4 kernels,
+  LeakyReLU 0.2) with instance norm instead of batch norm: WGAN-GP penalises each sample's
+  gradient on its own, which batch norm would couple across the batch. Instance norm keeps
+  samples independent, so the penalty stays valid.
+- WGAN-GP: critic loss D(fake) - D(real) + 10 * (||grad D(x_hat)|| - 1)^2, generator loss -D(G(x)).
+- Content: MSE between VGG-19 conv5_4 features (pre-activation, see vgg.py), weight 100 in train.py;
+  L1 or Charbonnier on pixels for PSNR-oriented training without VGG weights; an optional L1
+  on the 2-D spectrum, which punishes the missing high frequencies that pixel losses forgive.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from deblur_cli.vgg import VGG19Features
+
+
+class PatchCritic(nn.Module):
+    """(B, 3, H, W) in [0, 1] -> (B, 1, h, w) unbounded patch scores (no sigmoid: Wasserstein critic)."""
+
+    def __init__(self, channels: int = 64, layers: int = 3, norm: str = "instance") -> None:
+        super().__init__()
+        if norm not in ("instance", "none"):
+            raise ValueError(f"unknown critic norm {norm!r}")
+
+        def block(c_in: int, c_out: int, stride: int, normed: bool) -> list[nn.Module]:
+            mods: list[nn.Module] = [nn.Conv2d(c_in, c_out, 4, stride=stride, padding=2)]
+            if normed and norm == "instance":
+                mods.append(nn.InstanceNorm2d(c_out, affine=True))
+            return mods + [nn.LeakyReLU(0.2, inplace=True)]
+
+        mods = block(3, channels, 2, normed=False)
+        c = channels
+        for i in range(1, layers):
+            c_next = channels * min(2**i, 8)
+            mods += block(c, c_next, 2, normed=True)
+            c = c_next
+        c_next = channels * min(2**layers, 8)
+        mods += block(c, c_next, 1, normed=True)
+        mods.append(nn.Conv2d(c_next, 1, 4, stride=1, padding=2))
+        self.net = nn.Sequential(*mods)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x * 2.0 - 1.0)  # DeblurGAN's critic saw [-1, 1] images
+
+
+def critic_loss(real_scores: Tensor, fake_scores: Tensor) -> Tensor:
+    """Wasserstein critic loss: push real scores up and fake scores down."""
+    return fake_scores.mean() - real_scores.mean()
+
+
+def adversarial_loss(fake_scores: Tensor) -> Tensor:
+    return -fake_scores.mean()
+
+
+def gradient_penalty(critic: nn.Module, real: Tensor, fake: Tensor, alpha: Tensor, weight: float = 10.0) -> Tensor:
+    """WGAN-GP: weight * mean over samples of (||d critic / d x_hat||_2 - 1)^2, x_hat on the real-fake line.
+
+    `alpha` (B, 1, 1, 1) is passed in so the caller owns the randomness (resumable runs, tests).
+    The scores are summed before differentiating: each sample's score depends only on its own
+    input, so the gradient of the sum is every per-sample gradient at once.
+    """
+    x_hat = (alpha * real.detach() + (1 - alpha) * fake.detach()).requires_grad_(True)
+    scores = critic(x_hat)
+    (grad,) = torch.autograd.grad(scores.sum(), x_hat, create_graph=True)
+    norms = grad.flatten(1).norm(2, dim=1)
+    return weight * ((norms - 1.0) ** 2).mean()
+
+
+class PerceptualLoss(nn.Module):
+    """MSE between VGG-19 conv5_4 features of the prediction and the (gradient-free) target."""
+
+    def __init__(self, vgg: VGG19Features) -> None:
+        super().__init__()
+        self.vgg = vgg
+
+    def forward(self, pred: Tensor, target: Tensor) -> Tensor:
+        with torch.no_grad():
+            target_features = self.vgg(target)
+        return F.mse_loss(self.vgg(pred), target_features)
+
+
+def l1_loss(pred: Tensor, target: Tensor) -> Tensor:
+    return (pred - target).abs().mean()
+
+
+def charbonnier_loss(pred: Tensor, target: Tensor, eps: float = 1e-3) -> Tensor:
+    """A differentiable L1: sqrt(d^2 + eps^2), robust like L1 but smooth at zero."""
+    return torch.sqrt((pred - target) ** 2 + eps * eps).mean()
+
+
+def fft_l1_loss(pred: Tensor, target: Tensor) -> Tensor:
+    """L1 between the real and imaginary parts of the 2-D spectra (MIMO-UNet's frequency loss)."""
+    diff = torch.fft.rfft2(pred.float()) - torch.fft.rfft2(target.float())
+    return torch.view_as_real(diff).abs().mean()
