@@ -1,0 +1,464 @@
+"""Reading and writing photographs without losing what the deblurring does not touch.
+
+The network sees a (1, 3, H, W) float32 RGB tensor in [0, 1]. Everything else about the file -- alpha,
+bit depth, grayscale-ness, ICC profile, EXIF -- is kept on a `LoadedImage` and put back on save, so a
+deblurred photo differs from its input only in its pixels.
+
+Pillow has no 16-bit RGB mode: it decodes 16-bit RGB(A) PNG/TIFF to 8 bits by keeping each sample's
+high byte. We decode such files twice, the second time with the opposite byte order, which yields the
+low bytes (the PNG/TIFF un-filtering runs on whole pixels either way), and join the two. Pillow cannot
+write 16-bit RGB either, so those are written by the small numpy + zlib PNG and TIFF writers below.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import struct
+import sys
+import warnings
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageCms, ImageFile, UnidentifiedImageError, features
+from torch import Tensor
+
+from deblur_cli.errors import MsdnError
+from deblur_cli.files import atomic_path
+
+# Extensions read from directories and written by `save_image`, with the Pillow format each writes.
+OUTPUT_FORMATS: dict[str, str] = {
+    ".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".tif": "TIFF", ".tiff": "TIFF",
+    ".bmp": "BMP",
+}
+IMAGE_EXTENSIONS: frozenset[str] = frozenset(OUTPUT_FORMATS)
+DEFAULT_MAX_PIXELS = 100_000_000  # a 100 MP photo already needs ~2.4 GB as float32 in and out
+ORIENTATION_TAG = 0x0112
+GRAY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N"})
+
+_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+# Errors Pillow and its codecs raise on a file that is not what it claims to be.
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error, IndexError, TypeError)
+
+
+@dataclass
+class LoadedImage:
+    """A decoded photo: the RGB the network sees plus what must survive the round trip to disk.
+
+    `rgb` is already upright (EXIF orientation applied) and `exif` has its orientation reset to 1,
+    so viewers do not rotate the output a second time.
+    """
+
+    rgb: Tensor  # (1, 3, H, W) float32 in [0, 1]
+    alpha: Tensor | None  # (1, 1, H, W) float32 in [0, 1], exact multiples of 1/(2^bit_depth - 1)
+    bit_depth: int  # 8 or 16
+    mode: str  # Pillow mode of the source file ("RGB", "L", "I;16", "RGBA", "P", "CMYK", ...)
+    icc_profile: bytes | None = None
+    exif: bytes | None = None
+
+    @property
+    def is_gray(self) -> bool:
+        return self.mode in GRAY_MODES
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height), as Pillow reports sizes."""
+        return self.rgb.shape[-1], self.rgb.shape[-2]
+
+
+# --- small tensor <-> Pillow helpers -------------------------------------------------------------
+
+
+def to_tensor(image: Image.Image) -> Tensor:
+    """(1, 3, H, W) float32 in [0, 1] from any Pillow image (16-bit grayscale keeps its precision)."""
+    if image.mode.startswith("I"):
+        gray = _from_uint(np.clip(np.asarray(image, dtype=np.int64), 0, 65535), 16)
+        return _hwc_to_tensor(np.repeat(gray[..., None], 3, axis=2))
+    return _hwc_to_tensor(_from_uint(np.asarray(image.convert("RGB")), 8))
+
+
+def to_pil(rgb: Tensor) -> Image.Image:
+    """An 8-bit RGB Pillow image from a (1, 3, H, W) or (3, H, W) tensor in [0, 1]."""
+    return Image.fromarray(_quantize(_tensor_to_hwc(rgb), 8), mode="RGB")
+
+
+def save_rgb(path: Path, rgb: Tensor, quality: int = 95) -> None:
+    """Write a plain 8-bit RGB tensor (previews, side-by-side strips) atomically, format from the extension."""
+    path = Path(path)
+    fmt = output_format(path)
+    check_output_dir(path)
+    _save_pil(path, to_pil(rgb), fmt, quality=quality, icc_profile=None, exif=None)
+
+
+# --- loading -------------------------------------------------------------------------------------
+
+
+def load_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> LoadedImage:
+    """Decode `path` for the network; every problem a user can cause becomes one MsdnError line."""
+    path = Path(path)
+    _check_input_file(path)
+    with _open(path, max_pixels) as im:
+        mode = im.mode
+        orientation = _orientation(im)
+        icc = im.info.get("icc_profile") or None
+        exif = _upright_exif(im.info.get("exif"))
+        try:
+            if mode in ("RGB", "RGBA") and _high_byte_rawmodes(im) is not None:
+                planes, bit_depth = _decode_16bit_rgb(path, im), 16
+            else:
+                im.load()
+                planes, bit_depth, icc = _decode_pil(im, icc)
+        except MsdnError:
+            raise
+        except Image.DecompressionBombError as exc:
+            raise MsdnError(f"{path}: {_first_line(exc)}") from None
+        except _DECODE_ERRORS as exc:
+            raise MsdnError(f"{path}: cannot decode the image, it may be truncated or corrupt "
+                            f"({_first_line(exc)})") from None
+    planes = _orient(planes, orientation)
+    rgb = planes[..., :3]
+    alpha = planes[..., 3:] if planes.shape[-1] == 4 else None
+    return LoadedImage(
+        rgb=_hwc_to_tensor(rgb),
+        alpha=None if alpha is None else _hwc_to_tensor(alpha),
+        bit_depth=bit_depth,
+        mode=mode,
+        icc_profile=icc,
+        exif=exif,
+    )
+
+
+def _check_input_file(path: Path) -> None:
+    if path.is_dir():
+        raise MsdnError(f"{path} is a directory, not an image (use `msdn deblur-dir` for folders)")
+    if not path.exists():
+        raise MsdnError(f"no such file: {path}")
+    if not os.access(path, os.R_OK):
+        raise MsdnError(f"cannot read {path}: permission denied")
+    if path.stat().st_size == 0:
+        raise MsdnError(f"{path} is empty (0 bytes)")
+
+
+@contextlib.contextmanager
+def _open(path: Path, max_pixels: int) -> Iterator[Image.Image]:
+    """Open for header reading only, refusing oversized images before any pixel is decoded."""
+    old_limit = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = max(max_pixels, 1)  # Pillow's own bomb check follows ours, not its default
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            try:
+                im = Image.open(path)
+            except Image.DecompressionBombError as exc:
+                raise MsdnError(f"{path}: {_first_line(exc)} (raise --max-pixels to allow it)") from None
+            except UnidentifiedImageError:
+                raise MsdnError(f"{path} is not an image file Pillow can read") from None
+            except _DECODE_ERRORS as exc:
+                raise MsdnError(f"{path}: cannot read the image header ({_first_line(exc)})") from None
+            with im:
+                w, h = im.size
+                if w * h > max_pixels:
+                    raise MsdnError(f"{path} is {w}x{h} = {w * h:,} pixels, over the limit of {max_pixels:,} "
+                                    f"(raise --max-pixels to allow it)")
+                if w == 0 or h == 0:
+                    raise MsdnError(f"{path} has no pixels ({w}x{h})")
+                yield im
+    finally:
+        Image.MAX_IMAGE_PIXELS = old_limit
+
+
+def _orientation(im: Image.Image) -> int:
+    try:
+        value = im.getexif().get(ORIENTATION_TAG, 1)
+    except Exception:  # a broken EXIF block should not stop a photo from being deblurred
+        return 1
+    return value if isinstance(value, int) and value in _TRANSPOSE else 1
+
+
+def _upright_exif(raw: bytes | None) -> bytes | None:
+    """The EXIF to write back, with orientation 1 since the pixels are already upright."""
+    if not raw:
+        return None
+    try:
+        exif = Image.Exif()
+        exif.load(raw)
+        if ORIENTATION_TAG in exif:
+            exif[ORIENTATION_TAG] = 1
+        return exif.tobytes()
+    except Exception:  # unparsable EXIF: drop it rather than write back a rotation we already applied
+        return None
+
+
+def _orient(planes: np.ndarray, orientation: int) -> np.ndarray:
+    """Apply an EXIF orientation to an (H, W, C) array, as Pillow's exif_transpose does to images."""
+    method = _TRANSPOSE.get(orientation)
+    if method is None:
+        return planes
+    turned = {
+        Image.Transpose.FLIP_LEFT_RIGHT: lambda a: a[:, ::-1],
+        Image.Transpose.FLIP_TOP_BOTTOM: lambda a: a[::-1],
+        Image.Transpose.ROTATE_180: lambda a: a[::-1, ::-1],
+        Image.Transpose.ROTATE_90: lambda a: np.rot90(a, 1),
+        Image.Transpose.ROTATE_270: lambda a: np.rot90(a, -1),
+        Image.Transpose.TRANSPOSE: lambda a: a.transpose(1, 0, 2),
+        Image.Transpose.TRANSVERSE: lambda a: np.rot90(a, 2).transpose(1, 0, 2),
+    }[method](planes)
+    return np.ascontiguousarray(turned)
+
+
+def _decode_pil(im: Image.Image, icc: bytes | None) -> tuple[np.ndarray, int, bytes | None]:
+    """(H, W, 3 or 4) float32 planes, bit depth and the ICC profile to keep, for what Pillow decodes fully."""
+    mode = im.mode
+    if mode.startswith("I"):  # 16-bit (I;16*) or 32-bit integer grayscale: keep 16 bits
+        gray = _from_uint(np.clip(np.asarray(im, dtype=np.int64), 0, 65535), 16)
+        return np.repeat(gray[..., None], 3, axis=2), 16, icc
+    if mode == "F":
+        raise MsdnError("floating-point images are not supported; convert it to 8- or 16-bit first")
+    if mode == "CMYK":
+        return _from_uint(np.asarray(_cmyk_to_rgb(im, icc)), 8), 8, None  # the CMYK profile no longer applies
+    if mode in ("1", "L"):
+        gray = _from_uint(np.asarray(im.convert("L")), 8)
+        return np.repeat(gray[..., None], 3, axis=2), 8, icc
+    if mode in ("LA", "La"):
+        la = _from_uint(np.asarray(im.convert("LA")), 8)
+        return np.concatenate([np.repeat(la[..., :1], 3, axis=2), la[..., 1:]], axis=2), 8, icc
+    has_alpha = mode in ("RGBA", "RGBa", "PA") or (mode == "P" and "transparency" in im.info)
+    target = "RGBA" if has_alpha else "RGB"
+    return _from_uint(np.asarray(im.convert(target)), 8), 8, icc
+
+
+def _cmyk_to_rgb(im: Image.Image, icc: bytes | None) -> Image.Image:
+    """Colour-managed when the file says how its inks look; Pillow's naive formula otherwise."""
+    if icc:
+        try:
+            source = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+            return ImageCms.profileToProfile(im, source, ImageCms.createProfile("sRGB"), outputMode="RGB")
+        except (ImageCms.PyCMSError, OSError, ValueError):
+            pass
+    return im.convert("RGB")
+
+
+def _high_byte_rawmodes(im: Image.Image) -> tuple[str, str] | None:
+    """(rawmode, opposite-byte rawmode) when Pillow would truncate 16-bit RGB(A) samples, else None."""
+    rawmodes = {tile.args if isinstance(tile.args, str) else tile.args[0] for tile in im.tile}
+    if len(rawmodes) != 1:
+        return None
+    rawmode = rawmodes.pop()
+    if rawmode not in {f"{m};16{e}" for m in ("RGB", "RGBA") for e in "BLN"}:
+        return None
+    order = rawmode[-1] if rawmode[-1] != "N" else ("L" if sys.byteorder == "little" else "B")
+    return rawmode, rawmode[:-1] + ("B" if order == "L" else "L")
+
+
+def _decode_16bit_rgb(path: Path, im: Image.Image) -> np.ndarray:
+    """Decode the high bytes as Pillow does, then reopen and decode the low bytes with the opposite byte order."""
+    rawmode, low_rawmode = _high_byte_rawmodes(im)  # type: ignore[misc]
+    im.load()
+    high = np.asarray(im).astype(np.uint16)
+    with Image.open(path) as again:
+        again.tile = [_with_rawmode(tile, low_rawmode) for tile in again.tile]
+        again.load()
+        low = np.asarray(again).astype(np.uint16)
+    return _from_uint((high << 8) | low, 16)
+
+
+def _with_rawmode(tile: ImageFile._Tile, rawmode: str) -> ImageFile._Tile:
+    args = rawmode if isinstance(tile.args, str) else (rawmode, *tile.args[1:])
+    return tile._replace(args=args)
+
+
+# --- saving --------------------------------------------------------------------------------------
+
+
+def output_format(path: Path) -> str:
+    """The Pillow format name for an output path, or a one-line error naming the ones we write."""
+    fmt = OUTPUT_FORMATS.get(Path(path).suffix.lower())
+    if fmt is None:
+        known = ", ".join(sorted(OUTPUT_FORMATS))
+        suffix = Path(path).suffix or "(none)"
+        raise MsdnError(f"cannot write {path}: unknown image extension {suffix} (use one of {known})")
+    return fmt
+
+
+def save_image(path: Path, loaded: LoadedImage, rgb: Tensor, quality: int = 95) -> None:
+    """Write `rgb` in the shape of `loaded`: same bit depth, grayscale-ness, alpha, ICC and EXIF where
+    the format allows (JPEG has no alpha; JPEG, WebP and BMP have no 16 bits; BMP has no metadata)."""
+    path = Path(path)
+    fmt = output_format(path)
+    check_output_dir(path)
+    if rgb.shape[-2:] != loaded.rgb.shape[-2:]:
+        raise ValueError(f"rgb is {tuple(rgb.shape)}, the loaded image {tuple(loaded.rgb.shape)}")
+    bits = 16 if loaded.bit_depth == 16 and fmt in ("PNG", "TIFF") else 8
+    color = _tensor_to_hwc(rgb)
+    if loaded.is_gray:
+        color = color @ np.array([0.299, 0.587, 0.114], dtype=np.float32)[:, None]  # Pillow's L weights
+    alpha = None if loaded.alpha is None or fmt == "JPEG" else _tensor_to_hwc(loaded.alpha)
+    planes = _quantize(color if alpha is None else np.concatenate([color, alpha], axis=2), bits)
+    icc, exif = loaded.icc_profile, loaded.exif
+    if fmt == "BMP":
+        icc = exif = None
+
+    if bits == 16 and planes.shape[2] >= 3:  # Pillow cannot hold 16-bit RGB(A)
+        data = _png16(planes, icc, exif) if fmt == "PNG" else _tiff16(planes, icc)
+        _write(path, lambda tmp: tmp.write_bytes(data))
+        return
+    if bits == 16:  # 16-bit grayscale: Pillow's I;16 (a 16-bit gray + alpha source is opened as RGBA)
+        image = Image.fromarray(planes[..., 0].astype("<u2"), mode="I;16")
+    else:
+        image = Image.fromarray(planes if planes.shape[2] > 1 else planes[..., 0],
+                                mode={1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}[planes.shape[2]])
+    _save_pil(path, image, fmt, quality=quality, icc_profile=icc, exif=exif)
+
+
+def check_output_dir(path: Path) -> None:
+    """A clear error now, rather than an OSError from deep inside a save, when `path` cannot be written."""
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise MsdnError(f"cannot write {path}: directory {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise MsdnError(f"cannot write {path}: directory {parent} is not writable")
+    if path.is_dir():
+        raise MsdnError(f"cannot write {path}: it is a directory")
+
+
+def _write(path: Path, writer) -> None:  # noqa: ANN001 - a callable taking the temporary path
+    try:
+        with atomic_path(path) as tmp:
+            writer(tmp)
+    except OSError as exc:
+        raise MsdnError(f"cannot write {path}: {exc.strerror or _first_line(exc)}") from None
+
+
+def _save_pil(path: Path, image: Image.Image, fmt: str, *, quality: int, icc_profile: bytes | None,
+              exif: bytes | None) -> None:
+    options: dict[str, object] = {}
+    if icc_profile:
+        options["icc_profile"] = icc_profile
+    if exif:
+        options["exif"] = exif
+    if fmt == "JPEG":
+        # 4:4:4 at high quality: chroma subsampling would blur back some of the edges we recovered
+        options.update(quality=quality, subsampling=0 if quality >= 90 else 2, optimize=True)
+    elif fmt == "WEBP":
+        options.update(quality=quality, method=4)
+    elif fmt == "PNG":
+        options.update(compress_level=6)
+    elif fmt == "TIFF" and features.check("libtiff"):
+        options.update(compression="tiff_deflate")
+    _write(path, lambda tmp: image.save(tmp, format=fmt, **options))
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def _png16(planes: np.ndarray, icc: bytes | None, exif: bytes | None) -> bytes:
+    """A 16-bit RGB or RGBA PNG (Paeth-filtered rows, zlib level 6) with iCCP and eXIf chunks."""
+    h, w, c = planes.shape
+    raw = planes.astype(">u2").view(np.uint8).reshape(h, w * c * 2)
+    filtered = _paeth_filter(raw, bpp=c * 2)
+    rows = np.concatenate([np.full((h, 1), 4, np.uint8), filtered], axis=1)  # filter type 4 = Paeth
+    header = struct.pack(">IIBBBBB", w, h, 16, 2 if c == 3 else 6, 0, 0, 0)
+    out = [b"\x89PNG\r\n\x1a\n", _chunk(b"IHDR", header)]
+    if icc:
+        out.append(_chunk(b"iCCP", b"ICC Profile\x00\x00" + zlib.compress(icc)))
+    if exif:
+        out.append(_chunk(b"eXIf", exif[6:] if exif.startswith(b"Exif\x00\x00") else exif))
+    out += [_chunk(b"IDAT", zlib.compress(rows.tobytes(), 6)), _chunk(b"IEND", b"")]
+    return b"".join(out)
+
+
+def _paeth_filter(raw: np.ndarray, bpp: int) -> np.ndarray:
+    """PNG Paeth filter of (H, row_bytes) uint8 scanlines; vectorised since it reads unfiltered bytes only."""
+    x = raw.astype(np.int16)
+    a = np.zeros_like(x)
+    a[:, bpp:] = x[:, :-bpp]
+    b = np.zeros_like(x)
+    b[1:] = x[:-1]
+    c = np.zeros_like(x)
+    c[1:, bpp:] = x[:-1, :-bpp]
+    p = a + b - c
+    pa, pb, pc = np.abs(p - a), np.abs(p - b), np.abs(p - c)
+    pred = np.where((pa <= pb) & (pa <= pc), a, np.where(pb <= pc, b, c))
+    return (x - pred).astype(np.uint8)  # wraps modulo 256, as PNG specifies
+
+
+def _tiff16(planes: np.ndarray, icc: bytes | None) -> bytes:
+    """A little-endian baseline TIFF, 16-bit RGB(A), one Deflate-compressed strip, ICC profile kept."""
+    h, w, c = planes.shape
+    strip = zlib.compress(planes.astype("<u2").tobytes(), 6)
+    per_sample = struct.pack(f"<{c}H", *[16] * c), struct.pack(f"<{c}H", *[1] * c)
+    # (tag, type, count, value): type 3 = SHORT, 4 = LONG, 7 = UNDEFINED; bytes values over 4 go out of line
+    entries: list[tuple[int, int, int, bytes | int]] = [
+        (256, 4, 1, w), (257, 4, 1, h), (258, 3, c, per_sample[0]),
+        (259, 3, 1, 8),  # Adobe Deflate
+        (262, 3, 1, 2),  # RGB
+        (273, 4, 1, -1),  # strip offset, known once the out-of-line values are laid out
+        (277, 3, 1, c), (278, 4, 1, h), (279, 4, 1, len(strip)), (284, 3, 1, 1),
+    ]
+    if c == 4:
+        entries.append((338, 3, 1, 2))  # unassociated alpha
+    entries.append((339, 3, c, per_sample[1]))  # unsigned integer samples
+    if icc:
+        entries.append((34675, 7, len(icc), icc))
+    blobs_at = 8 + 2 + 12 * len(entries) + 4
+    blobs = b""
+    offsets = {}
+    for tag, _, _, value in entries:
+        if isinstance(value, bytes) and len(value) > 4:
+            offsets[tag] = blobs_at + len(blobs)
+            blobs += value + b"\x00" * (len(value) % 2)  # values start on word boundaries
+    ifd = struct.pack("<H", len(entries))
+    for tag, typ, count, value in entries:
+        if tag in offsets:
+            field = struct.pack("<I", offsets[tag])
+        elif isinstance(value, bytes):
+            field = value.ljust(4, b"\x00")
+        else:
+            value = blobs_at + len(blobs) if tag == 273 else value
+            field = struct.pack("<H", value).ljust(4, b"\x00") if typ == 3 else struct.pack("<I", value)
+        ifd += struct.pack("<HHI", tag, typ, count) + field
+    return b"II*\x00" + struct.pack("<I", 8) + ifd + struct.pack("<I", 0) + blobs + strip
+
+
+# --- array helpers -------------------------------------------------------------------------------
+
+
+def _from_uint(values: np.ndarray, bits: int) -> np.ndarray:
+    return (values.astype(np.float32) / float(2**bits - 1)).astype(np.float32)
+
+
+def _quantize(planes: np.ndarray, bits: int) -> np.ndarray:
+    top = 2**bits - 1
+    return np.clip(np.rint(planes * top), 0, top).astype(np.uint8 if bits == 8 else np.uint16)
+
+
+def _hwc_to_tensor(planes: np.ndarray) -> Tensor:
+    return torch.from_numpy(np.ascontiguousarray(planes, dtype=np.float32)).permute(2, 0, 1).unsqueeze(0).contiguous()
+
+
+def _tensor_to_hwc(t: Tensor) -> np.ndarray:
+    t = t.detach().to("cpu", torch.float32)
+    if t.dim() == 4:
+        if t.shape[0] != 1:
+            raise ValueError(f"expected one image, got a batch of {t.shape[0]}")
+        t = t[0]
+    return t.permute(1, 2, 0).numpy()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
