@@ -250,6 +250,127 @@ def weights_push(
     typer.echo(json.dumps(entry, indent=2))
 
 
+# --- eval ---
+
+
+def _fmt(value: float, digits: int) -> str:
+    return "-" if value != value else ("inf" if value == float("inf") else f"{value:.{digits}f}")
+
+
+def _eval_table(title: str, labels: list[str], rows: list[tuple[str, int | None, dict[str, Any]]],
+                gain_over: str | None) -> Any:
+    """One line per entry, one PSNR/SSIM/seconds column group per model (+ dB gain over the baseline)."""
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left")
+    table.add_column("")
+    table.add_column("images", justify="right")
+    for label in labels:
+        table.add_column(f"{label}\nPSNR", justify="right")
+        table.add_column("SSIM", justify="right")
+        if gain_over is not None and label != gain_over:
+            table.add_column("gain dB", justify="right")
+        if label != gain_over:
+            table.add_column("s/img", justify="right")
+    for i, (name, count, scores) in enumerate(rows):
+        cells = [name, "" if count is None else str(count)]
+        base = scores.get(gain_over)
+        for label in labels:
+            s = scores[label]
+            cells += [_fmt(s.psnr, 2), _fmt(s.ssim, 4)]
+            if gain_over is not None and label != gain_over:
+                cells.append(_fmt(s.psnr - base.psnr, 2) if base is not None else "-")
+            if label != gain_over:
+                cells.append(_fmt(s.seconds, 2))
+        table.add_row(*cells, end_section=(i == len(rows) - 2), style="bold" if i == len(rows) - 1 else None)
+    return table
+
+
+@app.command("eval")
+@friendly_errors
+def eval_command(
+    root: Path = typer.Argument(..., help="Dataset folder (GOPRO, paired blur/ + sharp/, or Kohler-style)."),
+    model: list[str] = typer.Option([], "--model", "-m", help="Model name from `msdn weights list`; repeat to "
+                                    "compare models side by side."),
+    weights: list[Path] = typer.Option([], "--weights", "-w", help="Generator weights file; repeatable."),
+    baseline: str | None = typer.Option(None, "--baseline", help="'identity': also score the blurred input "
+                                        "itself, so the gain in dB is visible."),
+    layout: str = typer.Option("auto", "--layout", help="auto | gopro | paired | kohler."),
+    split: str = typer.Option("test", "--split", help="GOPRO split folder (train | test)."),
+    blur_folder: str = typer.Option("blur", "--blur-folder", help="Name of the blurred-image folders "
+                                    "(e.g. blur_gamma for GOPRO)."),
+    protocol: str = typer.Option("full", "--protocol", help="full: whole images, tiled inference; center256: "
+                                 "the centre 256x256 crop (the MSDN paper's Table 1)."),
+    crop_border: int = typer.Option(0, "--crop-border", min=0, help="Ignore N pixels at each border when scoring."),
+    limit: int | None = typer.Option(None, "--limit", min=1, help="Only the first N pairs (sorted by group, name)."),
+    json_path: Path | None = typer.Option(None, "--json", help="Write per-image rows and means as JSON."),
+    csv_path: Path | None = typer.Option(None, "--csv", help="Write per-image rows as CSV."),
+    save_images: Path | None = typer.Option(None, "--save-images", help="Write each output and a blurred | "
+                                            "deblurred | sharp strip under DIR/MODEL/GROUP/."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing report and image files."),
+    per_image: bool = typer.Option(False, "--per-image", help="Also print a table of every image per group."),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N | mps."),
+    tile: int = typer.Option(256, "--tile", help="Tile size for inference."),
+    overlap: int = typer.Option(32, "--overlap", help="Overlap between tiles."),
+    batch_size: int = typer.Option(4, "--batch-size", help="Tiles per model call."),
+    amp: str | None = typer.Option(None, "--amp", help="bf16 | fp16 mixed precision (GPU)."),
+    offline: bool = typer.Option(False, "--offline", help="Never download weights."),
+) -> None:
+    """Score models by PSNR / SSIM (8-bit, scikit-image conventions) on a benchmark folder."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from deblur_cli import evaluate as ev
+    from deblur_cli.inference import select_device
+
+    if baseline not in (None, ev.IDENTITY):
+        raise fail(f"unknown baseline '{baseline}': the only baseline is '{ev.IDENTITY}'")
+    dataset = ev.discover(root, layout, split=split, blur_folder=blur_folder)
+    contenders = ev.load_contenders(model, weights, select_device(device), identity=baseline is not None,
+                                    offline=offline)
+    ev.check_outputs(dataset, contenders, save_images, [json_path, csv_path], overwrite)
+    n = len(dataset.pairs) if limit is None else min(limit, len(dataset.pairs))
+    console.print(f"{dataset.layout} layout, {n} image pairs in {len({p.group for p in dataset.pairs[:n]})} "
+                  f"groups, protocol {protocol}" + (f", crop border {crop_border}" if crop_border else ""),
+                  highlight=False)
+    with Progress(TextColumn("evaluating"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console) as bar:
+        task = bar.add_task("eval", total=None)
+        report = ev.evaluate(dataset, contenders, protocol=protocol, crop_border=crop_border, tile=tile,
+                             overlap=overlap, batch_size=batch_size, amp=amp, limit=limit, save_dir=save_images,
+                             progress=lambda done, total: bar.update(task, completed=done, total=total))
+    out = Console()
+    gain_over = ev.IDENTITY if baseline is not None and len(report.models) > 1 else None
+    summaries = {(s.model, s.group): s for s in report.summaries()}
+    if per_image:
+        for group in report.groups:
+            by_name: dict[str, dict[str, Any]] = {}
+            for r in report.rows:
+                if r.group == group:
+                    by_name.setdefault(r.name, {})[r.model] = r
+            lines = [(name, None, scores) for name, scores in by_name.items()]
+            lines.append(("mean", len(by_name), {m: summaries[(m, group)] for m in report.models}))
+            out.print(_eval_table(f"{group or dataset.root.name}", report.models, lines, gain_over))
+    lines = [(g or "all", summaries[(report.models[0], g)].count, {m: summaries[(m, g)] for m in report.models})
+             for g in report.groups]
+    lines.append(("overall", summaries[(report.models[0], None)].count,
+                  {m: summaries[(m, None)] for m in report.models}))
+    out.print(_eval_table(f"{dataset.root} ({report.layout}, {report.protocol})", report.models, lines, gain_over))
+    for problem in report.problems[:20]:
+        console.print(f"[yellow]skipped[/] {problem.path}: {problem.reason}", highlight=False, soft_wrap=True)
+    if len(report.problems) > 20:
+        console.print(f"[yellow]... and {len(report.problems) - 20} more skipped files[/]", highlight=False)
+    console.print(f"{report.scored_images} images scored, {len(report.problems)} skipped, "
+                  f"total {report.total_seconds:.1f} s", highlight=False)
+    if json_path is not None:
+        ev.write_json(report, json_path)
+        console.print(f"wrote {json_path}", highlight=False)
+    if csv_path is not None:
+        ev.write_csv(report, csv_path)
+        console.print(f"wrote {csv_path}", highlight=False)
+    if not report.rows:
+        raise fail("no image pair could be scored (see the skipped files above)")
+
+
 def main() -> None:
     app()
 
