@@ -66,7 +66,164 @@ def _root(
 # Commands are defined below, one section per concern (deblur, weights, eval, train).
 
 
+# --- deblur ---
+
+
+def _deblur_settings(tile: int, overlap: int, batch_size: int, amp: str, quality: int, max_pixels: int | None):
+    from deblur_cli.images import DEFAULT_MAX_PIXELS
+    from deblur_cli.pipeline import DeblurSettings, parse_amp
+
+    return DeblurSettings(tile=tile, overlap=overlap, batch_size=batch_size, amp=parse_amp(amp), quality=quality,
+                          max_pixels=DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels)
+
+
+def _load_deblur_model(model: str | None, weights: Path | None, offline: bool, device: str):
+    """The generator, with a download bar that appears only if weights are actually fetched."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
+    from deblur_cli.pipeline import load_model
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                  console=console, transient=True) as bar:
+        task = bar.add_task("Downloading weights", total=None, visible=False)
+        return load_model(model=model, weights=weights, offline=offline, device=device,
+                          download_progress=lambda done, total: bar.update(task, completed=done, total=total or None,
+                                                                           visible=True))
+
+
+@contextlib.contextmanager
+def _tile_bar(total_files: int | None = None) -> Iterator[Any]:
+    """One rich bar. Single file: over tiles, shown once an image needs more than one. Folder: over
+    files, advancing by fractions of a file as its tiles finish."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    columns = [TextColumn("{task.description}"), BarColumn()]
+    columns += [TextColumn("{task.fields[count]}")] if total_files else [MofNCompleteColumn()]
+    with Progress(*columns, TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=True) as bar:
+        task = bar.add_task("Deblurring", total=total_files, visible=bool(total_files), count="")
+        yield bar, task
+
+
+_IMAGE_ARG = typer.Argument(..., help="The blurred photo (JPEG, PNG, WebP, TIFF, BMP).", show_default=False)
+_WEIGHTS_OPT = typer.Option(None, "--weights", help="Generator weights file (.safetensors); overrides --model.")
+_MODEL_OPT = typer.Option(None, "--model", help="Model name from `msdn weights list` (default: the manifest's).")
+_OFFLINE_OPT = typer.Option(False, "--offline", help="Never download; use bundled or cached weights only.")
+_DEVICE_OPT = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps.")
+_TILE_OPT = typer.Option(256, "--tile", help="Tile size in pixels (smaller uses less memory).")
+_OVERLAP_OPT = typer.Option(32, "--overlap", help="Pixels shared by neighbouring tiles, blended to hide seams.")
+_BATCH_OPT = typer.Option(4, "--batch-size", help="Tiles per forward pass.")
+_AMP_OPT = typer.Option("none", "--amp", help="Mixed precision on CUDA: none, bf16 or fp16.")
+_QUALITY_OPT = typer.Option(95, "--quality", min=1, max=100, help="JPEG / WebP quality of the output.")
+_MAX_PIXELS_OPT = typer.Option(None, "--max-pixels", help="Refuse larger images, checked before decoding "
+                               "(default: 100,000,000).", show_default=False)
+
+
+@app.command("deblur")
+@friendly_errors
+def deblur_command(
+    image: Path = _IMAGE_ARG,
+    output: Path | None = typer.Option(None, "-o", "--output", show_default=False,
+                                       help="Output file; its extension picks the format (default: IMAGE_deblurred.png)."),
+    weights: Path | None = _WEIGHTS_OPT,
+    model: str | None = _MODEL_OPT,
+    offline: bool = _OFFLINE_OPT,
+    device: str = _DEVICE_OPT,
+    tile: int = _TILE_OPT,
+    overlap: int = _OVERLAP_OPT,
+    batch_size: int = _BATCH_OPT,
+    amp: str = _AMP_OPT,
+    quality: int = _QUALITY_OPT,
+    max_pixels: int | None = _MAX_PIXELS_OPT,
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output (never the input)."),
+) -> None:
+    """Remove motion blur from one photo."""
+    import time
+
+    from deblur_cli.images import check_input_file
+    from deblur_cli.pipeline import check_output, deblur_file, default_output
+
+    check_input_file(image)
+    target = output if output is not None else default_output(image)
+    check_output(image, target, overwrite=overwrite)
+    settings = _deblur_settings(tile, overlap, batch_size, amp, quality, max_pixels)
+    generator = _load_deblur_model(model, weights, offline, device)
+    start = time.perf_counter()
+    with _tile_bar() as (bar, task):
+        def on_tiles(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total, visible=total > 1)
+
+        width, height = deblur_file(generator, image, target, settings, progress=on_tiles)
+    seconds = time.perf_counter() - start
+    console.print(f"Wrote [bold]{target}[/] ({width}x{height}) in {seconds:.1f} s", highlight=False, soft_wrap=True)
+
+
+@app.command("deblur-dir")
+@friendly_errors
+def deblur_dir_command(
+    directory: Path = typer.Argument(..., help="Folder of blurred photos.", show_default=False),
+    output: Path | None = typer.Option(None, "-o", "--output", show_default=False,
+                                       help="Output folder, mirroring DIR (default: DIR_deblurred beside DIR)."),
+    recursive: bool = typer.Option(False, "--recursive", "-r", help="Include subfolders."),
+    ext: str | None = typer.Option(None, "--ext", help="Only these extensions, e.g. jpg,png (default: all images)."),
+    fmt: str | None = typer.Option(None, "--format", help="Output format, e.g. png (default: same as each input)."),
+    weights: Path | None = _WEIGHTS_OPT,
+    model: str | None = _MODEL_OPT,
+    offline: bool = _OFFLINE_OPT,
+    device: str = _DEVICE_OPT,
+    tile: int = _TILE_OPT,
+    overlap: int = _OVERLAP_OPT,
+    batch_size: int = _BATCH_OPT,
+    amp: str = _AMP_OPT,
+    quality: int = _QUALITY_OPT,
+    max_pixels: int | None = _MAX_PIXELS_OPT,
+    overwrite: bool = typer.Option(False, "--overwrite", help="Redo outputs that already exist."),
+) -> None:
+    """Remove motion blur from every photo in a folder; bad files are reported and skipped."""
+    import time
+
+    from rich.table import Table
+
+    from deblur_cli.pipeline import deblur_directory, default_output_dir, parse_extensions, plan_directory
+
+    out_dir = output if output is not None else default_output_dir(directory)
+    jobs = plan_directory(directory, out_dir, recursive=recursive, extensions=parse_extensions(ext), fmt=fmt,
+                          overwrite=overwrite)
+    settings = _deblur_settings(tile, overlap, batch_size, amp, quality, max_pixels)
+    generator = _load_deblur_model(model, weights, offline, device)
+    start = time.perf_counter()
+    current = [0]
+    with _tile_bar(len(jobs)) as (bar, task):
+        def on_file(index: int, job: Any) -> None:
+            current[0] = index
+            bar.update(task, completed=index, description=job.source.name, count=f"{index + 1}/{len(jobs)}")
+
+        def on_tiles(done: int, total: int) -> None:
+            bar.update(task, completed=current[0] + done / max(total, 1))
+
+        report = deblur_directory(generator, jobs, settings, on_file=on_file, progress=on_tiles)
+    seconds = time.perf_counter() - start
+
+    summary = Table(title=f"msdn deblur-dir {directory} -> {out_dir} ({seconds:.1f} s)")
+    summary.add_column("processed", justify="right", style="green")
+    summary.add_column("skipped (exist)", justify="right", style="yellow")
+    summary.add_column("failed", justify="right", style="red")
+    summary.add_row(str(len(report.processed)), str(len(report.skipped)), str(len(report.failed)))
+    console.print(summary)
+    if report.failed:
+        failures = Table(title="Failures", show_lines=False)
+        failures.add_column("file", overflow="fold")
+        failures.add_column("reason", overflow="fold")
+        for path, reason in report.failed:
+            failures.add_row(str(path), reason)
+        console.print(failures)
+        raise typer.Exit(1)
+
+
 # --- weights ---
+
+
+def _say(message: str) -> None:
+    console.print(message, highlight=False, soft_wrap=True)
 
 
 def _size(n: int) -> str:
@@ -104,7 +261,7 @@ def weights_list() -> None:
 
     manifest = w.load_manifest()
     if not manifest.models:
-        console.print("No published models in the weights manifest yet. Use --weights PATH with a file from "
+        _say("No published models in the weights manifest yet. Use --weights PATH with a file from "
                       "`msdn train` + `msdn weights export`.")
         return
     settings = w.hub_settings()
@@ -158,7 +315,7 @@ def weights_download(
     entry = w.load_manifest().entry(name)
     with _byte_progress(f"{entry.name}") as progress:
         resolved = w.fetch_model(entry, force=force, progress=progress)
-    console.print(f"[green]ok[/] {entry.name}: {resolved.source}, sha256 verified", highlight=False)
+    _say(f"[green]ok[/] {entry.name}: {resolved.source}, sha256 verified")
     typer.echo(str(resolved.path))
 
 
@@ -174,27 +331,26 @@ def weights_verify(
     if weights is not None:
         model = w.load_generator(weights=weights)
         params = sum(p.numel() for p in model.parameters())
-        console.print(f"[green]ok[/] {weights}: loads strictly as an MSDN with {params:,} parameters; "
-                      f"sha256 {w.sha256_file(weights)}, {weights.stat().st_size} bytes", highlight=False)
+        _say(f"[green]ok[/] {weights}: loads strictly as an MSDN with {params:,} parameters; "
+                      f"sha256 {w.sha256_file(weights)}, {weights.stat().st_size} bytes")
         return
     manifest = w.load_manifest()
     entries = [manifest.entry(name)] if name is not None else list(manifest.models)
     if not entries:
-        console.print("No published models in the weights manifest yet; nothing to verify.")
+        _say("No published models in the weights manifest yet; nothing to verify.")
         return
     bad = 0
     for entry in entries:
         copies = w.local_copies(entry)
         if not copies:
-            console.print(f"[yellow]-[/] {entry.name}: not downloaded (`msdn weights download {entry.name}`)",
-                          highlight=False)
+            _say(f"[yellow]-[/] {entry.name}: not downloaded (`msdn weights download {entry.name}`)")
         for kind, path in copies.items():
             problem = w.file_problem(path, entry)
             if problem is None:
-                console.print(f"[green]ok[/] {entry.name} ({kind}): {path}", highlight=False)
+                _say(f"[green]ok[/] {entry.name} ({kind}): {path}")
             else:
                 bad += 1
-                console.print(f"[bold red]MISMATCH[/] {entry.name} ({kind}): {path}: {problem}", highlight=False)
+                _say(f"[bold red]MISMATCH[/] {entry.name} ({kind}): {path}: {problem}")
     if bad:
         raise fail(f"{bad} file{'s' if bad > 1 else ''} do not match the manifest and will not be used "
                    "(re-fetch with `msdn weights download NAME --force`)")
@@ -220,8 +376,8 @@ def weights_export(
     if dtype not in dtypes:
         raise fail(f"--dtype must be fp32 or fp16, got '{dtype}'")
     result = w.export_checkpoint(checkpoint, output, dtype=dtypes[dtype], name=name, overwrite=overwrite)
-    console.print(f"[green]wrote[/] {result.weights}, {result.config_json}, {result.readme}", highlight=False)
-    console.print("Manifest entry (fill in repo_id/revision, or use `msdn weights push`):", highlight=False)
+    _say(f"[green]wrote[/] {result.weights}, {result.config_json}, {result.readme}")
+    _say("Manifest entry (fill in repo_id/revision, or use `msdn weights push`):")
     typer.echo(json.dumps(result.entry, indent=2))
 
 
@@ -244,9 +400,8 @@ def weights_push(
     if not path.is_file():
         raise fail(f"weights file not found: {path} (export one with `msdn weights export`, or pass --weights)")
     entry = w.push_weights(name, path, repo_id, revision=revision, private=private, token=token)
-    console.print(f"[green]pushed[/] {path.name}, config.json, README.md to {repo_id} @ {entry['revision']}",
-                  highlight=False)
-    console.print("Manifest entry to add to deblur_cli/weights_manifest.json:", highlight=False)
+    _say(f"[green]pushed[/] {path.name}, config.json, README.md to {repo_id} @ {entry['revision']}")
+    _say("Manifest entry to add to deblur_cli/weights_manifest.json:")
     typer.echo(json.dumps(entry, indent=2))
 
 

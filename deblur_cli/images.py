@@ -109,7 +109,7 @@ def save_rgb(path: Path, rgb: Tensor, quality: int = 95) -> None:
 def load_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> LoadedImage:
     """Decode `path` for the network; every problem a user can cause becomes one MsdnError line."""
     path = Path(path)
-    _check_input_file(path)
+    check_input_file(path)
     with _open(path, max_pixels) as im:
         mode = im.mode
         orientation = _orientation(im)
@@ -141,7 +141,9 @@ def load_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> LoadedImage:
     )
 
 
-def _check_input_file(path: Path) -> None:
+def check_input_file(path: Path) -> None:
+    """The usual ways a path is not a readable file, each as one line (decoding problems come later)."""
+    path = Path(path)
     if path.is_dir():
         raise MsdnError(f"{path} is a directory, not an image (use `msdn deblur-dir` for folders)")
     if not path.exists():

@@ -33,6 +33,11 @@ class DeblurSettings:
     max_pixels: int = DEFAULT_MAX_PIXELS
 
     def __post_init__(self) -> None:
+        from deblur_cli.tiling import validate_tiling
+
+        validate_tiling(self.tile, self.overlap)
+        if self.batch_size < 1:
+            raise MsdnError(f"--batch-size must be at least 1, got {self.batch_size}")
         if self.amp not in (None, "bf16", "fp16"):
             raise MsdnError(f"unknown --amp {self.amp!r}; use none, bf16 or fp16")
         if not 1 <= self.quality <= 100:
