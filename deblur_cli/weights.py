@@ -174,10 +174,10 @@ def build_generator(config: MSDNConfig, state_dict: dict[str, torch.Tensor]) -> 
     """An MSDN with these weights (strict: a missing or misshapen key names itself)."""
     model = MSDN(config)
     expected = model.state_dict()
-    for key, value in state_dict.items():
-        if key in expected and expected[key].shape != value.shape:
-            raise MsdnError(f"weights do not fit the model: '{key}' has shape {tuple(value.shape)}, "
-                            f"the config expects {tuple(expected[key].shape)}")
+    for key, want in expected.items():  # network order, so the first misfit named is the earliest layer
+        if key in state_dict and state_dict[key].shape != want.shape:
+            raise MsdnError(f"weights do not fit the model: '{key}' has shape {tuple(state_dict[key].shape)}, "
+                            f"the config expects {tuple(want.shape)}")
     missing = sorted(set(expected) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(expected))
     if missing or unexpected:
