@@ -49,26 +49,39 @@ class PatchCritic(nn.Module):
 
 
 def critic_loss(real_scores: Tensor, fake_scores: Tensor) -> Tensor:
-    """Wasserstein critic loss: push real scores up and fake scores down."""
+    """Wasserstein critic loss: push real scores up and fake scores down (means over patches and images)."""
     return fake_scores.mean() - real_scores.mean()
 
 
 def adversarial_loss(fake_scores: Tensor) -> Tensor:
+    """The generator's WGAN loss -D(G(x)), the mean patch score negated."""
     return -fake_scores.mean()
 
 
-def gradient_penalty(critic: nn.Module, real: Tensor, fake: Tensor, alpha: Tensor, weight: float = 10.0) -> Tensor:
-    """WGAN-GP: weight * mean over samples of (||d critic / d x_hat||_2 - 1)^2, x_hat on the real-fake line.
+def patch_scores(scores: Tensor) -> Tensor:
+    """(B, 1, h, w) patch map -> (B,) per-image critic value: the mean, as the Wasserstein estimate uses."""
+    return scores.flatten(1).mean(dim=1)
 
-    `alpha` (B, 1, 1, 1) is passed in so the caller owns the randomness (resumable runs, tests).
-    The scores are summed before differentiating: each sample's score depends only on its own
-    input, so the gradient of the sum is every per-sample gradient at once.
+
+def gradient_penalty(scores: Tensor, x_hat: Tensor, weight: float = 10.0) -> Tensor:
+    """WGAN-GP: weight * mean over images of (||d score / d x_hat||_2 - 1)^2.
+
+    `scores` is the critic's output on `x_hat` (points on real-fake lines, requires_grad), passed
+    in so the caller can score real, fake and interpolated images in one critic pass. Each image's
+    score is its mean patch score and the norm is over the whole image, the textbook penalty
+    (Gulrajani et al. 2017). DeblurGAN instead took per-pixel norms over channels of the gradient
+    of the *summed* patch map, which penalises a different, resolution-dependent quantity.
+    Summing per-image scores before differentiating gives every per-image gradient at once, since
+    each score depends only on its own image (the critic has no batch norm).
     """
-    x_hat = (alpha * real.detach() + (1 - alpha) * fake.detach()).requires_grad_(True)
-    scores = critic(x_hat)
-    (grad,) = torch.autograd.grad(scores.sum(), x_hat, create_graph=True)
+    (grad,) = torch.autograd.grad(patch_scores(scores).sum(), x_hat, create_graph=True)
     norms = grad.flatten(1).norm(2, dim=1)
     return weight * ((norms - 1.0) ** 2).mean()
+
+
+def interpolate(real: Tensor, fake: Tensor, alpha: Tensor) -> Tensor:
+    """Random points between real and fake images ((B, 1, 1, 1) alpha), ready to differentiate."""
+    return (alpha * real.detach() + (1 - alpha) * fake.detach()).requires_grad_(True)
 
 
 class PerceptualLoss(nn.Module):

@@ -1,0 +1,667 @@
+"""Training loop for MSDN: the DeblurGAN recipe (WGAN-GP + perceptual loss), resumable and distributed.
+
+Recipe defaults, as in DeblurGAN (Kupyn et al. 2018, whose training MSDN adopts) and the MSDN paper:
+Adam lr 1e-4, betas (0.5, 0.999); 300 epochs, the rate constant for the first 200 and then linear
+to 1e-8 (`--steps` runs keep those proportions); 5 critic updates per generator update on the same
+batch (DeblurGAN's `criticUpdates = 5` for wgan-gp); gradient penalty weight 10; generator loss
+`100 * perceptual + 1 * (-D(G(x)))` with the perceptual term on VGG-19 conv5_4 (see vgg.py).
+`adv_weight=0` drops the critic entirely for PSNR-oriented training.
+
+Exact resume: the checkpoint holds both networks, both optimizers and schedulers, the AMP
+scalers, the torch (CPU and CUDA) and Python RNG states, the step and both configs. Data
+randomness is a function of (seed, key/step) (see data.py), the DataLoader gets its own generator
+so it never draws from the global RNG, and validation draws no random numbers. So train 2k steps
+== train k, kill, resume, train k, bit for bit on CPU (tests/test_train.py).
+
+Checkpoints contain only tensors and primitives so they load with `torch.load(weights_only=True)`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import random
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+
+from deblur_cli import data as D
+from deblur_cli import losses as L
+from deblur_cli.errors import MsdnError
+from deblur_cli.files import atomic_path, atomic_write_bytes
+from deblur_cli.metrics import psnr, ssim
+from deblur_cli.model import MSDN, MSDNConfig, count_parameters
+from deblur_cli.weights import save_weights
+
+CONTENT_LOSSES = ("perceptual", "l1", "charbonnier")
+AMP_CHOICES = ("auto", "bf16", "fp16", "none")
+CHECKPOINT = "last.pt"
+BEST = "best.safetensors"
+METRICS = "metrics.jsonl"
+# Options that change how a run executes but not what it computes: on --resume they come from the
+# caller, everything else from the checkpoint.
+RUNTIME_FIELDS = ("device", "workers", "compile", "checkpoint_dir", "checkpoint_every", "val_every", "export")
+
+Callback = Callable[[dict[str, Any]], None]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines a training run; saved in every checkpoint."""
+
+    data: str = ""
+    val_data: str | None = None
+    synthetic_blur: bool = False
+    blur_folder: str = "blur"
+    skip_bad: bool = False
+    val_fraction: float = 0.05
+    val_crop: int | None = None  # centre-crop validation photos (None: whole photos)
+    fixed_crops: bool = False  # overfit check: same crop, augmentation and blur per photo, validated on them
+    crop: int = 256
+    batch_size: int = 16
+    epochs: int = 300
+    steps: int | None = None  # step-based run; the schedule keeps the epoch proportions
+    lr: float = 1e-4
+    lr_final: float = 1e-8
+    betas: tuple[float, float] = (0.5, 0.999)
+    constant_fraction: float = 200 / 300
+    critic_updates: int = 5
+    gp_weight: float = 10.0
+    adv_weight: float = 1.0
+    content_loss: str = "perceptual"
+    content_weight: float = 100.0
+    fft_weight: float = 0.0
+    critic_channels: int = 64
+    blur_strength: tuple[float, float] = (3.0, 30.0)
+    noise: float = 0.01
+    vgg_weights: str | None = None
+    seed: int = 0
+    amp: str = "auto"
+    channels_last: bool | None = None  # None: on for CUDA
+    device: str = "auto"
+    compile: bool = False
+    workers: int = 2
+    checkpoint_dir: str = "runs/msdn"
+    checkpoint_every: int = 1000
+    val_every: int | None = None  # None: every epoch (or steps/10 for --steps runs)
+    export: str | None = None
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.content_loss not in CONTENT_LOSSES:
+            problems.append(f"unknown content loss {self.content_loss!r}; use {', '.join(CONTENT_LOSSES)}")
+        if self.amp not in AMP_CHOICES:
+            problems.append(f"unknown --amp {self.amp!r}; use {', '.join(AMP_CHOICES)}")
+        lo, hi = self.blur_strength
+        if not 0 <= lo <= hi:
+            problems.append(f"blur strength must be 0 <= LO <= HI, got {lo},{hi}")
+        for name in ("crop", "batch_size", "epochs", "critic_updates", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name.replace('_', '-')} must be at least 1")
+        if self.steps is not None and self.steps < 1:
+            problems.append("steps must be at least 1")
+        if self.val_every is not None and self.val_every < 1:
+            problems.append("val-every must be at least 1")
+        if self.workers < 0:
+            problems.append("workers cannot be negative")
+        if self.lr <= 0 or self.lr_final < 0:
+            problems.append("learning rates must be positive")
+        if problems:
+            raise MsdnError(problems[0])
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise MsdnError(f"unknown training config keys: {', '.join(unknown)}")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
+    @classmethod
+    def from_json(cls, text: str) -> TrainConfig:
+        return cls.from_dict(json.loads(text))
+
+
+@dataclass
+class TrainResult:
+    step: int
+    best_val_psnr: float | None
+    checkpoint: Path | None
+    exported: Path | None
+    run_dir: Path
+
+
+# ---------------------------------------------------------------------------------------------
+# Small pure pieces
+# ---------------------------------------------------------------------------------------------
+
+
+def lr_factor(step: int, total: int, constant_fraction: float = 200 / 300, final_ratio: float = 1e-4) -> float:
+    """Multiplier of the base rate at `step`: 1 for the first part, then linear down to `final_ratio`.
+
+    With total = 300 epochs' worth of steps this is the paper's schedule (constant for epoch < 200,
+    1e-8/1e-4 at epoch 300); `--steps` runs scale it.
+    """
+    start = constant_fraction * total
+    if step <= start or total <= start:
+        return 1.0
+    t = min((step - start) / (total - start), 1.0)
+    return 1.0 + t * (final_ratio - 1.0)
+
+
+def rng_state() -> dict[str, Any]:
+    """Every global RNG stream the loop draws from, as tensors and primitives (weights_only-safe)."""
+    version, internal, gauss = random.getstate()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "python_version": version,
+        "python": torch.tensor(internal, dtype=torch.int64),
+        "python_gauss": gauss,
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate((state["python_version"], tuple(int(v) for v in state["python"].tolist()), state["python_gauss"]))
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(path: Path, checkpoint: dict[str, Any]) -> None:
+    with atomic_path(Path(path)) as tmp:
+        torch.save(checkpoint, tmp)
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """A training checkpoint (a file, or a run folder holding last.pt), loaded weights_only."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / CHECKPOINT
+    if not path.is_file():
+        raise MsdnError(f"checkpoint not found: {path}")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - a broken file is the user's to fix
+        raise MsdnError(f"cannot read checkpoint {path}: {str(exc).splitlines()[0]}") from None
+    if not isinstance(checkpoint, dict) or "generator" not in checkpoint or "train_config" not in checkpoint:
+        raise MsdnError(f"{path} is not an msdn training checkpoint")
+    return checkpoint
+
+
+def _amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    if amp == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return None
+    if amp == "none":
+        return None
+    if device.type != "cuda":
+        raise MsdnError(f"--amp {amp} needs a CUDA device; on {device.type} use --amp none")
+    if amp == "bf16" and not torch.cuda.is_bf16_supported():
+        raise MsdnError("this GPU does not support bf16; use --amp fp16")
+    return torch.bfloat16 if amp == "bf16" else torch.float16
+
+
+def _select_device(name: str, local_rank: int | None) -> torch.device:
+    from deblur_cli.inference import select_device
+
+    device = select_device(name)
+    if local_rank is not None and device.type == "cuda":
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    return device
+
+
+# ---------------------------------------------------------------------------------------------
+# Data setup
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DataSplit:
+    train: list[D.Sample]
+    val: list[D.Sample]
+    skipped: dict[str, int]
+
+
+def prepare_data(config: TrainConfig) -> DataSplit:
+    """Scan, check and split the data folders (every user error surfaces here, before training)."""
+    if not config.data:
+        raise MsdnError("no training data: pass --data DIR")
+    scan = D.find_samples(Path(config.data), synthetic=config.synthetic_blur, blur_folder=config.blur_folder,
+                          skip_bad=config.skip_bad)
+    checked = D.check_samples(scan, config.crop, config.skip_bad)
+    if not checked.samples:
+        reasons = ", ".join(f"{n} {why}" for why, n in checked.skipped.items())
+        raise MsdnError(f"no usable training images in {config.data} ({reasons}); use a smaller --crop")
+    skipped = dict(checked.skipped)
+    if config.fixed_crops:
+        return DataSplit(checked.samples, [], skipped)
+    if config.val_data:
+        val_scan = D.find_samples(Path(config.val_data), synthetic=config.synthetic_blur,
+                                  blur_folder=config.blur_folder, skip_bad=config.skip_bad)
+        val_checked = D.check_samples(val_scan, config.val_crop or 1, config.skip_bad)
+        for why, n in val_checked.skipped.items():
+            skipped[f"validation: {why}"] = n
+        return DataSplit(checked.samples, val_checked.samples, skipped)
+    train, val = D.split_by_file(checked.samples, config.val_fraction, config.seed)
+    if not train:
+        raise MsdnError("the validation split left no training images; lower --val-fraction")
+    return DataSplit(train, val, skipped)
+
+
+def _to_float(x: Tensor, device: torch.device, channels_last: bool) -> Tensor:
+    x = x.to(device, non_blocking=True).float().div_(255.0)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+def _make_pair(batch: dict[str, Any], config: TrainConfig, device: torch.device, step: int, rank: int,
+               channels_last: bool) -> tuple[Tensor, Tensor]:
+    """(blurred, sharp) float batch on the device; synthetic blur is made here, on the device."""
+    sharp = _to_float(batch["sharp"], device, channels_last)
+    if "blur" in batch:
+        return _to_float(batch["blur"], device, channels_last), sharp
+    if config.fixed_crops:  # each crop always gets the same blur: a blur seeded by its key
+        parts = [_blur(sharp[i:i + 1], config, device, D.mix_seed(config.seed, 0xB1, int(k)))
+                 for i, k in enumerate(batch["key"])]
+        return torch.cat(parts), sharp
+    return _blur(sharp, config, device, D.mix_seed(config.seed, 0xB2, step, rank)), sharp
+
+
+def _blur(sharp: Tensor, config: TrainConfig, device: torch.device, seed: int) -> Tensor:
+    generator = torch.Generator(device=device).manual_seed(seed)
+    blurred, _ = D.synthesize_blur(sharp, generator, config.blur_strength, config.noise)
+    return blurred
+
+
+class Validation:
+    """Fixed validation pairs (blur made once with fixed seeds, kept as 8-bit like saved photos)."""
+
+    def __init__(self, config: TrainConfig, split: DataSplit, device: torch.device) -> None:
+        self.config, self.device = config, device
+        self.pairs: list[tuple[Tensor, Tensor]] | None = None
+        self.split = split
+
+    def __len__(self) -> int:
+        return len(self.split.train) if self.config.fixed_crops else len(self.split.val)
+
+    def _build(self) -> list[tuple[Tensor, Tensor]]:
+        cfg = self.config
+        pairs = []
+        if cfg.fixed_crops:
+            dataset = D.CropDataset(self.split.train, cfg.crop, cfg.seed, flips=True)
+            items = (dataset[k] for k in range(len(dataset)))
+        else:
+            dataset = D.WholeDataset(self.split.val)
+            items = (dataset[k] for k in range(len(dataset)))
+        for item in items:
+            batch = {k: (v[None] if isinstance(v, Tensor) else [v]) for k, v in item.items()}
+            if cfg.val_crop and not cfg.fixed_crops:
+                batch = {k: (_centre(v, cfg.val_crop) if isinstance(v, Tensor) else v) for k, v in batch.items()}
+            if "blur" not in batch and not cfg.fixed_crops:
+                sharp = _to_float(batch["sharp"], self.device, False)
+                blurred = _blur(sharp, cfg, self.device, D.mix_seed(cfg.seed, 0xFA1, int(batch["key"][0])))
+                batch["blur"] = (blurred * 255).round().to(torch.uint8).cpu()
+            elif cfg.fixed_crops:
+                blurred, _ = _make_pair(batch, cfg, self.device, 0, 0, False)
+                batch["blur"] = (blurred * 255).round().to(torch.uint8).cpu()
+            pairs.append((batch["blur"], batch["sharp"]))
+        return pairs
+
+    def run(self, generator: MSDN, amp: str | None) -> tuple[float, float]:
+        """Mean PSNR and SSIM of the generator (eval mode, tiled like `msdn deblur`) over the pairs."""
+        from deblur_cli.inference import deblur
+
+        if self.pairs is None:
+            self.pairs = self._build()
+        was_training = generator.training
+        generator.eval()
+        scores_p, scores_s = [], []
+        try:
+            for blurred, sharp in self.pairs:
+                out = deblur(generator, blurred.float() / 255.0, amp=amp)
+                target = sharp.float() / 255.0
+                scores_p.append(float(psnr(out, target)[0]))
+                scores_s.append(float(ssim(out, target)[0]))
+        finally:
+            generator.train(was_training)
+        return sum(scores_p) / len(scores_p), sum(scores_s) / len(scores_s)
+
+
+def _centre(x: Tensor, size: int) -> Tensor:
+    h, w = x.shape[-2:]
+    size_h, size_w = min(size, h), min(size, w)
+    top, left = (h - size_h) // 2, (w - size_w) // 2
+    return x[..., top:top + size_h, left:left + size_w]
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int | None = None
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def _init_distributed(device_name: str) -> _Dist:
+    """torchrun sets WORLD_SIZE/RANK/LOCAL_RANK; join the group (NCCL on CUDA, gloo otherwise)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return _Dist()
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if not dist.is_initialized():
+        use_nccl = torch.cuda.is_available() and device_name != "cpu"
+        dist.init_process_group("nccl" if use_nccl else "gloo")
+    return _Dist(rank, world, local_rank)
+
+
+def _content_loss(config: TrainConfig, device: torch.device) -> Callable[[Tensor, Tensor], Tensor]:
+    if config.content_loss == "perceptual":
+        from deblur_cli.vgg import load_vgg19
+
+        return L.PerceptualLoss(load_vgg19(Path(config.vgg_weights) if config.vgg_weights else None)).to(device)
+    return L.l1_loss if config.content_loss == "l1" else L.charbonnier_loss
+
+
+class _MetricsLog:
+    """JSONL log (rank 0), trimmed on resume to the checkpoint's step; TensorBoard when installed."""
+
+    def __init__(self, run_dir: Path, resume_step: int | None) -> None:
+        self.path = run_dir / METRICS
+        if resume_step is not None and self.path.is_file():
+            keep = [line for line in self.path.read_text().splitlines()
+                    if line.strip() and json.loads(line).get("step", 0) <= resume_step]
+            atomic_write_bytes(self.path, ("\n".join(keep) + "\n" if keep else "").encode())
+        elif self.path.exists():
+            self.path.unlink()
+        self.file = self.path.open("a")
+        self.tb = None
+        with contextlib.suppress(Exception):
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(run_dir / "tensorboard"))
+
+    def write(self, record: dict[str, Any]) -> None:
+        self.file.write(json.dumps(record) + "\n")
+        self.file.flush()
+        if self.tb is not None:
+            for key, value in record.items():
+                if key not in ("step", "event") and isinstance(value, (int, float)):
+                    self.tb.add_scalar(f"{record['event']}/{key}", value, record["step"])
+
+    def close(self) -> None:
+        self.file.close()
+        if self.tb is not None:
+            self.tb.close()
+
+
+def _batches(loader: DataLoader, sampler: D.EpochSampler, start: int, total: int) -> Iterator[tuple[int, dict]]:
+    """(step, batch) from `start` to `total`, entering each epoch at the right batch."""
+    step = start
+    while step < total:
+        epoch, skip = divmod(step, sampler.steps_per_epoch)
+        sampler.set_epoch(epoch, skip)
+        for batch in loader:
+            yield step, batch
+            step += 1
+            if step >= total:
+                return
+
+
+def train(config: TrainConfig, model_config: MSDNConfig | None = None, *, resume: Path | None = None,
+          callback: Callback | None = None) -> TrainResult:
+    """Train (or resume training) a generator; `callback(event)` receives progress on rank 0.
+
+    Events are dicts with "event": "start" | "step" | "val" | "checkpoint" | "end".
+    """
+    checkpoint = load_checkpoint(resume) if resume is not None else None
+    if checkpoint is not None:
+        saved = TrainConfig.from_dict(checkpoint["train_config"])
+        config = replace(saved, **{name: getattr(config, name) for name in RUNTIME_FIELDS})
+        model_config = MSDNConfig.from_dict(checkpoint["model_config"])
+    model_config = model_config or MSDNConfig()
+    ddp = _init_distributed(config.device)
+    try:
+        return _train(config, model_config, checkpoint, ddp, callback if ddp.main else None)
+    finally:
+        if ddp.world > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _train(config: TrainConfig, model_config: MSDNConfig, checkpoint: dict[str, Any] | None, ddp: _Dist,
+           callback: Callback | None) -> TrainResult:
+    emit = callback or (lambda event: None)
+    device = _select_device(config.device, ddp.local_rank)
+    amp_dtype = _amp_dtype(config.amp, device)
+    amp_name = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(amp_dtype)  # type: ignore[arg-type]
+    channels_last = config.channels_last if config.channels_last is not None else device.type == "cuda"
+    split = prepare_data(config)
+    content_fn = _content_loss(config, device) if config.content_weight > 0 else None
+
+    torch.manual_seed(D.mix_seed(config.seed, ddp.rank))
+    random.seed(D.mix_seed(config.seed, ddp.rank, 1))
+    generator = MSDN(model_config).to(device)
+    critic = L.PatchCritic(config.critic_channels).to(device) if config.adv_weight > 0 else None
+    if channels_last:
+        generator = generator.to(memory_format=torch.channels_last)
+        critic = critic.to(memory_format=torch.channels_last) if critic is not None else None
+
+    sampler = D.EpochSampler(len(split.train), config.batch_size, config.seed, ddp.rank, ddp.world,
+                             fixed=config.fixed_crops)
+    total = config.steps or config.epochs * sampler.steps_per_epoch
+    val_every = config.val_every or (max(1, total // 10) if config.steps else sampler.steps_per_epoch)
+    factor = lambda step: lr_factor(step, total, config.constant_fraction, config.lr_final / config.lr)  # noqa: E731
+    opt_g = torch.optim.Adam(generator.parameters(), lr=config.lr, betas=config.betas)
+    sched_g = torch.optim.lr_scheduler.LambdaLR(opt_g, factor)
+    opt_d = torch.optim.Adam(critic.parameters(), lr=config.lr, betas=config.betas) if critic else None
+    sched_d = torch.optim.lr_scheduler.LambdaLR(opt_d, factor) if opt_d else None
+    use_scaler = amp_dtype == torch.float16
+    scaler_g = torch.amp.GradScaler(device.type, enabled=use_scaler)
+    scaler_d = torch.amp.GradScaler(device.type, enabled=use_scaler)
+
+    step, best = 0, None
+    if checkpoint is not None:
+        generator.load_state_dict(checkpoint["generator"])
+        opt_g.load_state_dict(checkpoint["opt_g"])
+        sched_g.load_state_dict(checkpoint["sched_g"])
+        scaler_g.load_state_dict(checkpoint["scaler_g"])
+        if critic is not None:
+            critic.load_state_dict(checkpoint["critic"])
+            opt_d.load_state_dict(checkpoint["opt_d"])  # type: ignore[union-attr]
+            sched_d.load_state_dict(checkpoint["sched_d"])  # type: ignore[union-attr]
+            scaler_d.load_state_dict(checkpoint["scaler_d"])
+        step, best = int(checkpoint["step"]), checkpoint["best_val_psnr"]
+        set_rng_state(checkpoint["rng"][ddp.rank] if isinstance(checkpoint["rng"], list) else checkpoint["rng"])
+
+    g_train: nn.Module = generator
+    d_train: nn.Module | None = critic
+    if ddp.world > 1:
+        ids = [device.index] if device.type == "cuda" else None
+        g_train = nn.parallel.DistributedDataParallel(generator, device_ids=ids)
+        d_train = nn.parallel.DistributedDataParallel(critic, device_ids=ids) if critic is not None else None
+    g_forward = torch.compile(g_train) if config.compile else g_train
+
+    loader = DataLoader(
+        D.CropDataset(split.train, config.crop, config.seed, flips=True),
+        batch_size=config.batch_size, sampler=sampler, num_workers=config.workers,
+        pin_memory=device.type == "cuda", persistent_workers=config.workers > 0,
+        generator=torch.Generator(),  # keeps the loader off the global RNG (exact resume)
+    )
+    run_dir = Path(config.checkpoint_dir)
+    validation = Validation(config, split, device)
+    log = None
+    if ddp.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        log = _MetricsLog(run_dir, step if checkpoint is not None else None)
+    emit({"event": "start", "step": step, "total_steps": total, "train_files": len(split.train),
+          "val_files": len(validation), "skipped": split.skipped, "device": str(device),
+          "amp": amp_name or "none", "parameters": count_parameters(generator), "world_size": ddp.world,
+          "steps_per_epoch": sampler.steps_per_epoch, "run_dir": str(run_dir)})
+
+    def autocast() -> contextlib.AbstractContextManager:
+        if amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device.type, dtype=amp_dtype)
+
+    def save(step: int) -> Path:
+        state = {
+            "generator": generator.state_dict(), "opt_g": opt_g.state_dict(), "sched_g": sched_g.state_dict(),
+            "scaler_g": scaler_g.state_dict(),
+            "critic": critic.state_dict() if critic is not None else {},
+            "opt_d": opt_d.state_dict() if opt_d else {}, "sched_d": sched_d.state_dict() if sched_d else {},
+            "scaler_d": scaler_d.state_dict(),
+            "rng": rngs, "step": step, "total_steps": total, "best_val_psnr": best,
+            "model_config": model_config.to_dict(), "train_config": config.to_dict(),
+        }
+        path = run_dir / CHECKPOINT
+        save_checkpoint(path, state)
+        return path
+
+    last_checkpoint: Path | None = None
+    samples = config.batch_size * ddp.world
+    tick = time.perf_counter()
+    for step, batch in _batches(loader, sampler, step, total):
+        blurred, sharp = _make_pair(batch, config, device, step, ddp.rank, channels_last)
+        record: dict[str, Any] = {"event": "step", "step": step + 1, "lr": opt_g.param_groups[0]["lr"]}
+        with autocast():
+            fake = g_forward(blurred)
+
+        if d_train is not None and critic is not None and opt_d is not None:
+            for _ in range(config.critic_updates):
+                opt_d.zero_grad(set_to_none=True)
+                alpha = torch.rand(sharp.shape[0], 1, 1, 1, device=device)
+                x_hat = L.interpolate(sharp, fake.float(), alpha)
+                # one critic pass over real, fake and interpolates (one DDP forward per backward)
+                with autocast():
+                    scores = d_train(torch.cat([sharp, fake.detach().to(sharp.dtype), x_hat]))
+                real_s, fake_s, hat_s = scores.float().chunk(3)
+                gp = L.gradient_penalty(hat_s, x_hat, config.gp_weight)
+                loss_d = L.critic_loss(real_s, fake_s) + gp
+                scaler_d.scale(loss_d).backward()
+                scaler_d.step(opt_d)
+                scaler_d.update()
+            record.update(loss_d=loss_d.item(), gp=gp.item(), wasserstein=(real_s.mean() - fake_s.mean()).item())
+
+        opt_g.zero_grad(set_to_none=True)
+        loss_g = torch.zeros((), device=device)
+        with autocast():
+            if content_fn is not None:
+                content = content_fn(fake.float(), sharp)
+                loss_g = loss_g + config.content_weight * content
+                record["content"] = content.item()
+            if critic is not None:
+                critic.requires_grad_(False)  # the critic only scores here; its DDP hooks stay quiet
+                adv = L.adversarial_loss(critic(fake).float())
+                critic.requires_grad_(True)
+                loss_g = loss_g + config.adv_weight * adv
+                record["adv"] = adv.item()
+        if config.fft_weight > 0:
+            fft = L.fft_l1_loss(fake, sharp)
+            loss_g = loss_g + config.fft_weight * fft
+            record["fft"] = fft.item()
+        scaler_g.scale(loss_g).backward()
+        scaler_g.step(opt_g)
+        scaler_g.update()
+        sched_g.step()
+        if sched_d is not None:
+            sched_d.step()
+        step += 1
+        record["loss_g"] = loss_g.item()
+        now = time.perf_counter()
+        record["samples_per_s"] = samples / max(now - tick, 1e-9)
+        tick = now
+        if log is not None:
+            log.write(record)
+        emit(record)
+
+        if step % val_every == 0 or step == total:
+            if len(validation) and ddp.main:
+                val_psnr, val_ssim = validation.run(generator, amp_name)
+                improved = best is None or val_psnr > best
+                if improved:
+                    best = val_psnr
+                    _export(run_dir / BEST, generator, model_config, step, val_psnr)
+                val_record = {"event": "val", "step": step, "psnr": val_psnr, "ssim": val_ssim, "best_psnr": best}
+                if log is not None:
+                    log.write(val_record)
+                emit(val_record)
+            if ddp.world > 1:
+                best = _broadcast_float(best, device)
+                dist.barrier()
+            tick = time.perf_counter()
+        if step % config.checkpoint_every == 0 or step == total:
+            rngs = _gather_rng(ddp)
+            if ddp.main:
+                last_checkpoint = save(step)
+                emit({"event": "checkpoint", "step": step, "path": str(last_checkpoint)})
+            tick = time.perf_counter()
+
+    exported = None
+    if ddp.main:
+        if not (run_dir / BEST).is_file():  # no validation ran: the last generator is the result
+            _export(run_dir / BEST, generator, model_config, step, None)
+        if config.export:
+            exported = Path(config.export)
+            exported.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(exported, (run_dir / BEST).read_bytes())
+            _write_config_json(exported.with_name("config.json"), model_config)
+        if log is not None:
+            log.close()
+        emit({"event": "end", "step": step, "best_val_psnr": best, "exported": str(exported) if exported else None})
+    return TrainResult(step=step, best_val_psnr=best, checkpoint=last_checkpoint, exported=exported, run_dir=run_dir)
+
+
+def _gather_rng(ddp: _Dist) -> dict[str, Any] | list[dict[str, Any]]:
+    """RNG states of every rank (each rank's dropout stream differs), gathered on rank 0."""
+    state = rng_state()
+    if ddp.world == 1:
+        return state
+    states: list[Any] = [None] * ddp.world
+    dist.all_gather_object(states, state)
+    return states
+
+
+def _broadcast_float(value: float | None, device: torch.device) -> float | None:
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _write_config_json(path: Path, model_config: MSDNConfig) -> None:
+    text = json.dumps({"msdn_config": model_config.to_dict()}, indent=2, sort_keys=True) + "\n"
+    atomic_write_bytes(path, text.encode())
+
+
+def _export(path: Path, generator: MSDN, model_config: MSDNConfig, step: int, val_psnr: float | None) -> None:
+    """The generator as a weight file `msdn deblur --weights` loads, with config.json beside it."""
+    metadata = {"step": str(step)}
+    if val_psnr is not None and math.isfinite(val_psnr):
+        metadata["val_psnr"] = f"{val_psnr:.4f}"
+    save_weights(path, generator.state_dict(), model_config, metadata=metadata)
+    _write_config_json(path.with_name("config.json"), model_config)
