@@ -487,3 +487,14 @@ def test_push_errors_are_one_line(online, tmp_path):
                                  "--token", "t", "--revision", "no-such-branch"])
     assert result.exit_code == 1 and "branch 'no-such-branch' does not exist" in result.output
     assert "Traceback" not in result.output
+
+
+@pytest.mark.slow
+def test_unreachable_endpoint_gives_one_line_after_retries(monkeypatch, hf_cache, manifest):
+    """huggingface_hub retries a refused connection for ~23 s before giving up, hence slow."""
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    manifest([valid_entry()], default="gopro")
+    with pytest.raises(MsdnError, match=r"could not be downloaded from owner/repo on http://127.0.0.1:9 .*"
+                                        r"msdn weights download gopro") as info:
+        w.load_generator()
+    assert "\n" not in str(info.value)
