@@ -92,7 +92,7 @@ def to_tensor(image: Image.Image) -> Tensor:
 
 def to_pil(rgb: Tensor) -> Image.Image:
     """An 8-bit RGB Pillow image from a (1, 3, H, W) or (3, H, W) tensor in [0, 1]."""
-    return Image.fromarray(_quantize(_tensor_to_hwc(rgb), 8), mode="RGB")
+    return Image.fromarray(_quantize(_tensor_to_hwc(rgb), 8))
 
 
 def save_rgb(path: Path, rgb: Tensor, quality: int = 95) -> None:
@@ -112,15 +112,19 @@ def load_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> LoadedImage:
     check_input_file(path)
     with _open(path, max_pixels) as im:
         mode = im.mode
-        orientation = _orientation(im)
-        icc = im.info.get("icc_profile") or None
-        exif = _upright_exif(im.info.get("exif"))
+        rawmodes = _high_byte_rawmodes(im) if mode in ("RGB", "RGBA") else None  # before getexif() loads it
         try:
-            if mode in ("RGB", "RGBA") and _high_byte_rawmodes(im) is not None:
-                planes, bit_depth = _decode_16bit_rgb(path, im), 16
+            if rawmodes is not None:
+                planes, bit_depth = _decode_16bit_rgb(path, im, rawmodes[1]), 16
             else:
                 im.load()
-                planes, bit_depth, icc = _decode_pil(im, icc)
+                planes, bit_depth, icc = _decode_pil(im, im.info.get("icc_profile") or None)
+            # read after decoding: PNG keeps EXIF after the pixels, and Pillow's TIFF loader turns the
+            # pixels upright itself and then drops the tag, so it must not be applied twice
+            orientation = _orientation(im)
+            exif = _upright_exif(im.info.get("exif"))
+            if rawmodes is not None:
+                icc = im.info.get("icc_profile") or None
         except MsdnError:
             raise
         except Image.DecompressionBombError as exc:
@@ -158,14 +162,14 @@ def check_input_file(path: Path) -> None:
 def _open(path: Path, max_pixels: int) -> Iterator[Image.Image]:
     """Open for header reading only, refusing oversized images before any pixel is decoded."""
     old_limit = Image.MAX_IMAGE_PIXELS
-    Image.MAX_IMAGE_PIXELS = max(max_pixels, 1)  # Pillow's own bomb check follows ours, not its default
+    Image.MAX_IMAGE_PIXELS = None  # the check below replaces Pillow's (also made from the header), with our limit
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             try:
                 im = Image.open(path)
             except Image.DecompressionBombError as exc:
-                raise MsdnError(f"{path}: {_first_line(exc)} (raise --max-pixels to allow it)") from None
+                raise MsdnError(f"{path} is over the pixel limit ({_first_line(exc)}); raise --max-pixels to allow it") from None
             except UnidentifiedImageError:
                 raise MsdnError(f"{path} is not an image file Pillow can read") from None
             except _DECODE_ERRORS as exc:
@@ -265,9 +269,8 @@ def _high_byte_rawmodes(im: Image.Image) -> tuple[str, str] | None:
     return rawmode, rawmode[:-1] + ("B" if order == "L" else "L")
 
 
-def _decode_16bit_rgb(path: Path, im: Image.Image) -> np.ndarray:
+def _decode_16bit_rgb(path: Path, im: Image.Image, low_rawmode: str) -> np.ndarray:
     """Decode the high bytes as Pillow does, then reopen and decode the low bytes with the opposite byte order."""
-    rawmode, low_rawmode = _high_byte_rawmodes(im)  # type: ignore[misc]
     im.load()
     high = np.asarray(im).astype(np.uint16)
     with Image.open(path) as again:
@@ -318,10 +321,9 @@ def save_image(path: Path, loaded: LoadedImage, rgb: Tensor, quality: int = 95) 
         _write(path, lambda tmp: tmp.write_bytes(data))
         return
     if bits == 16:  # 16-bit grayscale: Pillow's I;16 (a 16-bit gray + alpha source is opened as RGBA)
-        image = Image.fromarray(planes[..., 0].astype("<u2"), mode="I;16")
+        image = Image.fromarray(planes[..., 0].astype("<u2"))  # uint16 -> I;16
     else:
-        image = Image.fromarray(planes if planes.shape[2] > 1 else planes[..., 0],
-                                mode={1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}[planes.shape[2]])
+        image = Image.fromarray(planes if planes.shape[2] > 1 else planes[..., 0])  # uint8 -> L, LA, RGB, RGBA
     _save_pil(path, image, fmt, quality=quality, icc_profile=icc, exif=exif)
 
 
@@ -370,7 +372,7 @@ def _chunk(kind: bytes, data: bytes) -> bytes:
 def _png16(planes: np.ndarray, icc: bytes | None, exif: bytes | None) -> bytes:
     """A 16-bit RGB or RGBA PNG (Paeth-filtered rows, zlib level 6) with iCCP and eXIf chunks."""
     h, w, c = planes.shape
-    raw = planes.astype(">u2").view(np.uint8).reshape(h, w * c * 2)
+    raw = np.ascontiguousarray(planes, dtype=">u2").view(np.uint8).reshape(h, w * c * 2)
     filtered = _paeth_filter(raw, bpp=c * 2)
     rows = np.concatenate([np.full((h, 1), 4, np.uint8), filtered], axis=1)  # filter type 4 = Paeth
     header = struct.pack(">IIBBBBB", w, h, 16, 2 if c == 3 else 6, 0, 0, 0)
