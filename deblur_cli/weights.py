@@ -666,6 +666,22 @@ def entry_template(name: str, config: MSDNConfig, path: Path, metrics: Mapping[s
     }
 
 
+def _metadata_metrics(meta: Mapping[str, str]) -> tuple[dict[str, float], int | None]:
+    """Metrics and step recorded in a weight file's metadata (by `export` or by `msdn train`)."""
+    metrics: dict[str, float] = {}
+    for key in ("best_val_psnr", "val_psnr", "val_ssim"):
+        try:
+            metrics[key] = float(meta[key])
+        except (KeyError, ValueError):
+            pass
+    try:
+        metrics.update({str(k): float(v) for k, v in json.loads(meta.get("metrics", "{}")).items()})
+    except (ValueError, TypeError, AttributeError):
+        pass
+    step = int(meta["step"]) if meta.get("step", "").isdigit() else None
+    return metrics, step
+
+
 @dataclass(frozen=True)
 class ExportResult:
     weights: Path
@@ -689,7 +705,8 @@ def export_checkpoint(checkpoint: Path, output: Path, *, dtype: torch.dtype = to
                         "(pass --overwrite to replace)")
     if Path(checkpoint).suffix == ".safetensors":
         config, state = load_weights_file(Path(checkpoint))
-        ckpt = Checkpoint(config, state)
+        metrics, step = _metadata_metrics(read_metadata(Path(checkpoint)))
+        ckpt = Checkpoint(config, state, step, metrics)
     else:
         ckpt = load_checkpoint(Path(checkpoint))
     build_generator(ckpt.config, ckpt.generator)  # refuse a checkpoint that does not fit its own config
@@ -733,12 +750,7 @@ def push_weights(name: str, weights: Path, repo_id: str, *, revision: str | None
     if not _REPO_ID.fullmatch(repo_id):
         raise MsdnError(f"--repo-id must look like 'owner/name', got '{repo_id}'")
     config = read_config(weights)
-    meta = read_metadata(weights)
-    try:
-        metrics = {str(k): float(v) for k, v in json.loads(meta.get("metrics", "{}")).items()}
-    except (ValueError, TypeError, AttributeError):
-        metrics = {}
-    step = int(meta["step"]) if meta.get("step", "").isdigit() else None
+    metrics, step = _metadata_metrics(read_metadata(weights))
     config_json = weights.with_name("config.json")
     readme = weights.with_name("README.md")
     config_bytes = (config_json.read_bytes() if config_json.is_file()

@@ -498,3 +498,14 @@ def test_unreachable_endpoint_gives_one_line_after_retries(monkeypatch, hf_cache
                                         r"msdn weights download gopro") as info:
         w.load_generator()
     assert "\n" not in str(info.value)
+
+
+def test_export_from_a_trained_safetensors_keeps_its_metrics(tmp_path):
+    model = tiny_model(6)
+    src = tmp_path / "best.safetensors"  # as `msdn train` exports it: scalars in the metadata
+    w.save_weights(src, model.state_dict(), TINY, metadata={"step": "500", "val_psnr": "24.5000"})
+    (tmp_path / "out").mkdir()
+    result = w.export_checkpoint(src, tmp_path / "out" / "m.safetensors")
+    assert result.entry["metrics"] == {"val_psnr": 24.5}
+    assert "| val_psnr | 24.5 |" in result.readme.read_text() and "500" in result.readme.read_text()
+    assert torch.equal(outputs(w.load_generator(weights=result.weights)), outputs(model))
