@@ -358,7 +358,8 @@ def test_unknown_options_are_one_line_errors(tmp_path: Path) -> None:
     write_pair(root / "blur" / "a.png", root / "sharp" / "a.png", 0)
     for args, message in ((["--baseline", "mean"], "unknown baseline 'mean'"),
                           (["--baseline", "identity", "--protocol", "center"], "unknown protocol 'center'"),
-                          (["--weights", tmp_path / "nope.safetensors"], "weights file not found")):
+                          (["--weights", tmp_path / "nope.safetensors"], "weights file not found"),
+                          (["--model", "no-such-model"], "unknown model 'no-such-model'")):
         result = run("eval", root, *args)
         assert result.exit_code == 1 and message in result.output and "Traceback" not in result.output
 
