@@ -145,6 +145,7 @@ class TrainResult:
     checkpoint: Path | None
     exported: Path | None
     run_dir: Path
+    generator: MSDN  # the final generator (training form, on the training device)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -650,7 +651,8 @@ def _train(config: TrainConfig, model_config: MSDNConfig, checkpoint: dict[str, 
         if log is not None:
             log.close()
         emit({"event": "end", "step": step, "best_val_psnr": best, "exported": str(exported) if exported else None})
-    return TrainResult(step=step, best_val_psnr=best, checkpoint=last_checkpoint, exported=exported, run_dir=run_dir)
+    return TrainResult(step=step, best_val_psnr=best, checkpoint=last_checkpoint, exported=exported, run_dir=run_dir,
+                       generator=generator)
 
 
 def _gather_rng(ddp: _Dist) -> dict[str, Any] | list[dict[str, Any]]:
