@@ -630,6 +630,8 @@ def train_command(
     channels_last: bool = typer.Option(None, "--channels-last/--no-channels-last", help="[default: on for CUDA]"),
     workers: int = typer.Option(2, "--workers", help="DataLoader worker processes."),
     seed: int = typer.Option(0, "--seed", help="Random seed."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Start afresh in a run folder that holds a "
+                                   "checkpoint, and replace an existing --export file."),
 ) -> None:
     """Train an MSDN generator (WGAN-GP + perceptual loss, resumable; torchrun for several GPUs)."""
     import os
@@ -659,7 +661,7 @@ def train_command(
         raise MsdnError(str(exc)) from None
     view = _TrainView() if os.environ.get("RANK", "0") == "0" else None
     try:
-        train(config, model_config, resume=resume, callback=view)
+        train(config, model_config, resume=resume, callback=view, overwrite=overwrite)
     finally:
         if view is not None:
             view.close()

@@ -452,16 +452,23 @@ def _batches(loader: DataLoader, sampler: D.EpochSampler, start: int, total: int
 
 
 def train(config: TrainConfig, model_config: MSDNConfig | None = None, *, resume: Path | None = None,
-          callback: Callback | None = None) -> TrainResult:
+          callback: Callback | None = None, overwrite: bool = False) -> TrainResult:
     """Train (or resume training) a generator; `callback(event)` receives progress on rank 0.
 
-    Events are dicts with "event": "start" | "step" | "val" | "checkpoint" | "end".
+    Events are dicts with "event": "start" | "step" | "val" | "checkpoint" | "end". A fresh run
+    refuses a run folder that already holds a checkpoint, and an existing `export` file, unless
+    `overwrite`: hours of someone's training are not replaced silently.
     """
     checkpoint = load_checkpoint(resume) if resume is not None else None
     if checkpoint is not None:
         saved = TrainConfig.from_dict(checkpoint["train_config"])
         config = replace(saved, **{name: getattr(config, name) for name in RUNTIME_FIELDS})
         model_config = MSDNConfig.from_dict(checkpoint["model_config"])
+    elif not overwrite and (Path(config.checkpoint_dir) / CHECKPOINT).is_file():
+        raise MsdnError(f"{config.checkpoint_dir} already holds a training run: continue it with --resume "
+                        f"{config.checkpoint_dir}, choose another --checkpoint-dir, or pass --overwrite")
+    if config.export and not overwrite and Path(config.export).exists():
+        raise MsdnError(f"{config.export} already exists (pass --overwrite to replace it)")
     model_config = model_config or MSDNConfig()
     ddp = _init_distributed(config.device)
     try:

@@ -180,6 +180,11 @@ def test_cli_train_and_errors(photos: Path, tmp_path: Path) -> None:
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert (tmp_path / "g.safetensors").is_file() and (run / "last.pt").is_file()
+    again = runner.invoke(app, args)  # a second fresh run must not clobber the first
+    assert again.exit_code == 1 and "already holds a training run" in again.output
+    assert runner.invoke(app, [*args, "--overwrite"]).exit_code == 0
+    resumed = runner.invoke(app, ["train", "--resume", str(run), "--workers", "0", "--device", "cpu"])
+    assert resumed.exit_code == 0 and "done at step 2" in resumed.output  # already finished: nothing to do
 
     (tmp_path / "empty").mkdir()
     for bad, message in [
