@@ -156,5 +156,5 @@ def _accumulate(output: Tensor, result: Tensor, row: AxisTile, col: AxisTile, wr
     """Add one tile's (C, th, tw) result, cropped to where its weight is non-zero, into `output`."""
     (r0, r1), (c0, c1) = row.keep, col.keep
     crop = result[:, r0 - row.start : r1 - row.start, c0 - col.start : c1 - col.start]
-    weighted = crop * wr[:, None] * wc[None, :]
+    weighted = crop * (wr[:, None] * wc[None, :])
     output[0, :, r0:r1, c0:c1] += weighted.to(output.device)
