@@ -77,8 +77,8 @@ def child(config: str, height: int, width: int, tile: int, overlap: int, threads
     out = deblur(model, image, tile=tile, overlap=overlap, batch_size=4)
     seconds = time.perf_counter() - start
     tiles = len(plan_axis(height, tile, overlap)) * len(plan_axis(width, tile, overlap))
-    print(json.dumps({"base_mb": base, "peak_mb": max_rss_mb(), "hwm_mb": vm_hwm_mb(), "seconds": seconds, "tiles": tiles,
-                      "image_mb": image.numel() * 4 / 2**20, "finite": bool(torch.isfinite(out).all())}))
+    print(json.dumps({"base_mb": base, "peak_mb": max_rss_mb(), "hwm_mb": vm_hwm_mb(), "seconds": seconds,
+                      "tiles": tiles, "image_mb": image.numel() * 4 / 2**20, "finite": bool(torch.isfinite(out).all())}))
 
 
 def main() -> None:
