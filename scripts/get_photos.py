@@ -321,7 +321,11 @@ def process_source(key: str, source: dict, cfg: dict, work: Path, cache: Path, u
         size = output_size(rgb.size, cfg["long_side"])
         out = rgb.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0) if size != rgb.size else rgb
         buf = io.BytesIO()
-        out.save(buf, "JPEG", quality=cfg["jpeg_quality"], subsampling=0, optimize=True)
+        try:
+            out.save(buf, "JPEG", quality=cfg["jpeg_quality"], subsampling=0, optimize=True)
+        except OSError:  # libjpeg cannot optimise some very noisy images in one buffer
+            buf = io.BytesIO()
+            out.save(buf, "JPEG", quality=cfg["jpeg_quality"], subsampling=0)
         split = split_of(split_key, cfg["val_fraction"], cfg["split_salt"])
         entry = Entry(file=f"{split}/{pid}.jpg", id=pid, source=key, package_version=version,
                       original_path=rel, licence=licence_for(name, rel, source), width=size[0], height=size[1],

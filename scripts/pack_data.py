@@ -36,7 +36,11 @@ def encode(path: Path, long_side: int, quality: int) -> bytes:
             im = im.resize((round(im.width * scale), round(im.height * scale)), Image.Resampling.LANCZOS,
                            reducing_gap=3.0)
         buf = io.BytesIO()
-        im.save(buf, "JPEG", quality=quality, subsampling=0, optimize=True)
+        try:
+            im.save(buf, "JPEG", quality=quality, subsampling=0, optimize=True)
+        except OSError:  # libjpeg cannot optimise some very noisy images in one buffer
+            buf = io.BytesIO()
+            im.save(buf, "JPEG", quality=quality, subsampling=0)
         return buf.getvalue()
 
 

@@ -1,0 +1,219 @@
+"""Pure parts of the data/training scripts in scripts/ (photo curation, eval set, packing, manifest)."""
+
+from __future__ import annotations
+
+import importlib
+import io
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+sys.path.insert(0, str(SCRIPTS))
+get_photos = importlib.import_module("get_photos")
+make_eval_set = importlib.import_module("make_eval_set")
+pack_data = importlib.import_module("pack_data")
+compare_runs = importlib.import_module("compare_runs")
+manifest_entry = importlib.import_module("manifest_entry")
+
+
+def _jpeg(w: int, h: int, seed: int = 0, exif_thumb: bytes | None = None, comment: bytes | None = None) -> bytes:
+    rng = np.random.default_rng(seed)
+    im = Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8))
+    buf = io.BytesIO()
+    im.save(buf, "JPEG", quality=80, progressive=seed % 2 == 1, comment=comment or b"")
+    data = buf.getvalue()
+    if exif_thumb is not None:  # an APP1 segment holding a whole JPEG, as EXIF thumbnails do
+        payload = b"Exif\x00\x00" + exif_thumb
+        app1 = b"\xff\xe1" + (len(payload) + 2).to_bytes(2, "big") + payload
+        data = data[:2] + app1 + data[2:]
+    return data
+
+
+# --- JPEG streams inside Eet files ---------------------------------------------------------------
+
+
+def test_iter_jpegs_finds_exact_streams_in_a_container_blob() -> None:
+    thumb = _jpeg(16, 16, seed=4)
+    a = _jpeg(64, 48, seed=1, exif_thumb=thumb, comment=b"\xff\xd9 not the end")  # progressive, EOI bytes in COM
+    b = _jpeg(120, 80, seed=2)
+    blob = (b"EET\x1e\xe0\x0e" + bytes(range(256)) + b"\xff\xd8\xff\x00garbage" + a + b"\x00" * 37 + b
+            + b"\xff\xd8\xff\xe0\x00\x10JFIF")  # a fake SOI and a truncated header at the end
+    found = list(get_photos.iter_jpegs(blob))
+    assert [data for _, data, _ in found] == [a, b]  # thumbnail skipped, not cut at the COM's FFD9
+    assert [size for _, _, size in found] == [(64, 48), (120, 80)]
+    assert blob[found[1][0]:found[1][0] + len(b)] == b
+    assert get_photos.largest_jpeg(blob) == b
+
+
+def test_truncated_jpeg_is_not_extracted() -> None:
+    a = _jpeg(64, 64, seed=2)
+    assert get_photos.jpeg_end(a, 0) == len(a)
+    assert get_photos.jpeg_end(a[:-200], 0) is None
+    assert list(get_photos.iter_jpegs(a[:-200])) == []
+    assert get_photos.largest_jpeg(b"no images here") is None
+
+
+# --- curation decisions --------------------------------------------------------------------------
+
+
+def test_split_is_deterministic_salted_and_near_the_fraction() -> None:
+    keys = [f"src__photo{i}" for i in range(4000)]
+    first = [get_photos.split_of(k, 0.2, "salt-a") for k in keys]
+    assert first == [get_photos.split_of(k, 0.2, "salt-a") for k in keys]
+    assert 0.17 < first.count("val") / len(keys) < 0.23
+    other = [get_photos.split_of(k, 0.2, "salt-b") for k in keys]
+    assert other != first
+    # pinned: changing the hash silently would move validation photos into training
+    assert get_photos.split_of("opencv-aloe", 0.2, "msdn-photos-v5") == "val"  # the aloe stereo pair's group
+    assert get_photos.split_of("palapeli-data__citrus-fruits", 0.2, "msdn-photos-v5") == "train"
+
+
+def test_groups_keep_near_duplicates_on_one_side() -> None:
+    groups = {"tiktok__pexels-7303*": "shoot", "cv__aloe*": "aloe"}
+    assert get_photos.group_of("tiktok__pexels-7303773", groups) == "shoot"
+    assert get_photos.group_of("cv__aloeR", groups) == get_photos.group_of("cv__aloeL", groups)
+    assert get_photos.group_of("tiktok__pexels-1317558", groups) == "tiktok__pexels-1317558"
+
+
+@pytest.mark.parametrize(("size", "expected"), [((3840, 2160), (1600, 900)), ((1920, 2880), (1067, 1600)),
+                                                ((1350, 890), (1350, 890))])
+def test_output_size_downscales_only(size: tuple[int, int], expected: tuple[int, int]) -> None:
+    assert get_photos.output_size(size, 1600) == expected
+
+
+def test_measures_tell_graphics_texture_and_blur_apart() -> None:
+    rng = np.random.default_rng(0)
+    graphic = np.zeros((360, 640), np.uint8)
+    graphic[:, 320:] = 200
+    graphic[100:200, 50:150] = 90
+    texture = rng.normal(128, 40, (360, 640)).clip(0, 255)
+    from scipy import ndimage
+
+    blurred = ndimage.gaussian_filter(rng.normal(128, 120, (360, 640)), 3).clip(0, 255).round()
+    g, t, b = (get_photos.measure(x) for x in (graphic, texture, blurred))
+    assert g.flat > 0.9 and "graphics" in g.verdict()
+    assert t.flat < 0.01 and t.sharp > 0.99 and t.verdict() is None
+    assert b.flat < 0.05 and b.sharp < 0.1 and "blurred" in b.verdict()
+
+
+def test_reviewed_lists_win_over_heuristics() -> None:
+    cfg = {"min_long_side": 1280, "min_short_side": 720}
+    source = {"allow": ["a"], "deny": {"d": "graphic"}}
+    bad = get_photos.Measures(flat=0.9, sharp=0.1)
+    good = get_photos.Measures(flat=0.0, sharp=1.0)
+    assert get_photos.decide("a", source, bad, (1600, 900), cfg) == (True, "allowed", True)
+    assert get_photos.decide("d", source, good, (1600, 900), cfg)[:2] == (False, "denied: graphic")
+    assert get_photos.decide("new", source, bad, (1600, 900), cfg)[0] is False
+    assert get_photos.decide("new", source, good, (1600, 900), cfg) == (True, "kept by heuristics (unreviewed)", False)
+    assert "too small" in get_photos.decide("a", source, good, (1200, 900), cfg)[1]
+
+
+def test_photo_sources_config_is_consistent() -> None:
+    cfg = get_photos.load_config()
+    for key, source in cfg["sources"].items():
+        assert source["kind"] in ("deb", "pypi"), key
+        assert source["licence"] and "?" not in source["licence"], key
+        assert not set(source.get("allow", [])) & set(source.get("deny", {})), key
+    assert cfg["min_val_photos"] >= 10 and 0 < cfg["val_fraction"] < 0.5
+
+
+def test_check_split_requires_enough_validation_photos_and_sources() -> None:
+    def entry(i: int, split: str, source: str) -> get_photos.Entry:
+        return get_photos.Entry(file="", id=str(i), source=source, package_version="", original_path="", licence="",
+                                width=1, height=1, original_width=1, original_height=1, split=split, flat=0, sharp=1,
+                                reviewed=True)
+
+    few = [entry(i, "val", "s1") for i in range(12)]
+    assert "from 1 sources" in get_photos.check_split(few, 10, 3)
+    ok = [entry(i, "val", f"s{i % 3}") for i in range(12)] + [entry(99, "train", "s0")]
+    assert get_photos.check_split(ok, 10, 3) is None
+
+
+# --- eval set, example, packing ------------------------------------------------------------------
+
+
+def test_eval_blur_is_reproducible_per_photo_and_level() -> None:
+    assert make_eval_set.photo_seed(1, "a", "mild") == make_eval_set.photo_seed(1, "a", "mild")
+    assert len({make_eval_set.photo_seed(1, "a", lv) for lv in make_eval_set.LEVELS}) == 3
+    assert make_eval_set.photo_seed(1, "a", "mild") != make_eval_set.photo_seed(2, "a", "mild")
+    sharp = torch.rand(1, 3, 48, 64, generator=torch.Generator().manual_seed(0))
+    b1, t1 = make_eval_set.blur_photo(sharp, 5, (3.0, 6.0))
+    b2, _ = make_eval_set.blur_photo(sharp, 5, (3.0, 6.0))
+    b3, _ = make_eval_set.blur_photo(sharp, 6, (3.0, 6.0))
+    assert torch.equal(b1, b2) and not torch.equal(b1, b3)
+    assert b1.shape == t1.shape == sharp.shape and 0 <= b1.min() and b1.max() <= 1
+    assert (b1 - t1).abs().mean() > 0.01  # really blurred
+
+
+def _write_photos(root: Path, n: int = 3) -> None:
+    photos = []
+    for i in range(n):
+        split = "val" if i == 0 else "train"
+        path = root / split / f"p{i}.jpg"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(_jpeg(400, 300, seed=i))
+        photos.append({"file": f"{split}/p{i}.jpg", "id": f"p{i}", "source": "s", "split": split})
+    (root / "manifest.json").write_text(json.dumps({"photos": photos}))
+
+
+def test_pack_data_fits_the_budget(tmp_path: Path) -> None:
+    _write_photos(tmp_path / "photos")
+    out = tmp_path / "packed"
+    assert pack_data.main(["--photos", str(tmp_path / "photos"), "--out", str(out), "--budget-mib", "1"]) == 0
+    files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.jpg"))
+    assert files == ["train/p1.jpg", "train/p2.jpg", "val/p0.jpg"]
+    assert sum(p.stat().st_size for p in out.rglob("*")) <= 1 << 20
+    assert json.loads((out / "manifest.json").read_text())["packed"]["long_side"] == 1600
+    assert pack_data.main(["--photos", str(tmp_path / "photos"), "--out", str(out), "--budget-mib", "0.01"]) == 1
+
+
+# --- comparison and manifest entry ---------------------------------------------------------------
+
+
+def _report(gain: float) -> dict:
+    summary = []
+    for model, add in (("identity", 0.0), ("m", gain)):
+        for group, base in (("mild", 32.0), ("strong", 25.0), (None, 28.5)):
+            summary.append({"model": model, "group": group, "count": 2, "psnr": base + add, "ssim": 0.8, "seconds": 1})
+    return {"models": ["m", "identity"], "summary": summary}
+
+
+def test_level_table_and_steps_suggestion() -> None:
+    table = compare_runs.level_table(_report(3.5))
+    assert list(table) == ["mild", "strong", "overall"]
+    assert table["strong"]["gain_db"] == pytest.approx(3.5) and table["strong"]["blur_psnr"] == 25.0
+    with pytest.raises(ValueError):
+        compare_runs.level_table({"models": ["m"], "summary": []})
+    assert compare_runs.suggest_steps(1000, 10) == 8500
+    text = compare_runs.format_comparison({"a": table, "b": compare_runs.level_table(_report(1.0))}, {"a": 10})
+    assert "better: a" in text
+
+
+def test_manifest_apply_refuses_below_target(tmp_path: Path) -> None:
+    from deblur_cli.model import MSDN, MSDNConfig
+    from deblur_cli.weights import save_weights
+
+    config = MSDNConfig(stem_channels=8, growth_rate=4, encoder_layers=(1, 1), bottleneck_layers=1,
+                        decoder_layers=(1, 1), pyramid_pools=(2, 4))
+    weights = tmp_path / "m.safetensors"
+    save_weights(weights, MSDN(config).state_dict(), config, dtype=torch.float16)
+    (tmp_path / "weights").mkdir()
+    manifest = tmp_path / "weights_manifest.json"
+    manifest.write_text(json.dumps({"schema_version": 1, "default": None, "models": []}))
+
+    low = manifest_entry.build_entry(weights, _report(1.0), "m")
+    assert low["metrics"]["val_overall_gain_db"] == pytest.approx(1.0) and low["bundled"] == "m.safetensors"
+    assert "below" in manifest_entry.apply(low, weights, manifest, allow_below_target=False)
+    assert json.loads(manifest.read_text())["default"] is None and not (tmp_path / "weights" / "m.safetensors").exists()
+
+    high = manifest_entry.build_entry(weights, _report(3.2), "m")
+    assert manifest_entry.apply(high, weights, manifest, allow_below_target=False) is None
+    data = json.loads(manifest.read_text())
+    assert data["default"] == "m" and data["models"][0]["sha256"] == high["sha256"]
+    assert (tmp_path / "weights" / "m.safetensors").read_bytes() == weights.read_bytes()
