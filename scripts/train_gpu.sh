@@ -13,7 +13,8 @@
 #
 # Environment (defaults in brackets): MINUTES [9] wall-clock cap of one slice, STEPS [20000] total
 # steps of a main run, BATCH [16], CROP [256], DEVICE [auto], AMP [bf16], WORKERS [12],
-# DATA [.gpu_data/photos], EVAL [data/eval], CMP_MINUTES [4], OUT (where copies of results go).
+# CKPT_EVERY [250], VAL_EVERY [500], DATA [.gpu_data/photos], EVAL [data/eval], CMP_MINUTES [4],
+# OUT (the device tool's result folder: small results are copied there).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,6 +28,8 @@ WORKERS=${WORKERS:-12}
 DATA=${DATA:-.gpu_data/photos}
 EVAL=${EVAL:-data/eval}
 CMP_MINUTES=${CMP_MINUTES:-4}
+CKPT_EVERY=${CKPT_EVERY:-250}
+VAL_EVERY=${VAL_EVERY:-500}
 PY=${PYTHON:-python3}
 export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD" PYTHONUNBUFFERED=1
 [ -d /tmp/site ] && export PYTHONPATH="/tmp/site:$PYTHONPATH"
@@ -48,12 +51,14 @@ setup() {
 train() {
   local run=$1; shift
   local dir=runs/$run args
+  # --checkpoint-every/--val-every are per-invocation settings of `msdn train`: pass them on resume too
   if [ -f "$dir/last.pt" ]; then
-    args=(--resume "$dir" --device "$DEVICE" --workers "$WORKERS")
+    args=(--resume "$dir" --device "$DEVICE" --workers "$WORKERS" --checkpoint-every "$CKPT_EVERY"
+          --val-every "$VAL_EVERY")
   else
     args=(--data "$DATA/train" --val-data "$DATA/val" --synthetic-blur --steps "$STEPS" --batch-size "$BATCH"
           --crop "$CROP" --amp "$AMP" --channels-last --device "$DEVICE" --workers "$WORKERS"
-          --checkpoint-dir "$dir" --checkpoint-every 250 --val-every 500 "$@")
+          --checkpoint-dir "$dir" --checkpoint-every "$CKPT_EVERY" --val-every "$VAL_EVERY" "$@")
   fi
   timeout -s INT -k 60 "${MINUTES}m" "$PY" -m deblur_cli train "${args[@]}"
   local rc=$?
@@ -76,9 +81,9 @@ evaluate() {
 compare() {
   # Equal wall-clock budgets. Paper: WGAN-GP (5 critic updates) + 100 x VGG-19 conv5_4 perceptual.
   # PSNR-oriented: Charbonnier content loss + a small FFT term, no critic (many more steps per minute).
-  MINUTES=$CMP_MINUTES train cmp-paper --content-loss perceptual --adv-weight 1 --val-every 200 --checkpoint-every 200
-  MINUTES=$CMP_MINUTES train cmp-psnr --content-loss charbonnier --content-weight 1 --fft-weight 0.1 --adv-weight 0 \
-    --val-every 200 --checkpoint-every 200
+  MINUTES=$CMP_MINUTES VAL_EVERY=200 CKPT_EVERY=200 train cmp-paper --content-loss perceptual --adv-weight 1
+  MINUTES=$CMP_MINUTES VAL_EVERY=200 CKPT_EVERY=200 train cmp-psnr --content-loss charbonnier --content-weight 1 \
+    --fft-weight 0.1 --adv-weight 0
   for run in cmp-paper cmp-psnr; do evaluate "runs/$run/best.safetensors" "runs/$run/eval.json" || return 1; done
   "$PY" scripts/compare_runs.py runs/cmp-paper runs/cmp-psnr | tee runs/compare.txt
   [ -n "${OUT:-}" ] && cp -f runs/compare.txt runs/cmp-*/eval.json "$OUT"/ 2>/dev/null; true
