@@ -429,6 +429,8 @@ def main(argv: list[str] | None = None) -> int:
     log(f"{'total':28} {'':>10} {total['kept']:>5} {total['train']:>5} {total['val']:>4}")
     for key, why in cfg.get("excluded_sources", {}).items():
         log(f"excluded source {key}: {why}")
+    if cfg.get("licence_review"):
+        log(f"licences: {cfg['licence_review']}")
     if args.sources == "all" and (problem := check_split(entries, cfg["min_val_photos"], cfg["min_val_sources"])):
         log(f"error: {problem}")
         return 1
