@@ -93,8 +93,23 @@ def axis_starts(length: int, tile: int, overlap: int) -> list[int]:
     return [(i * span + (count - 1) // 2) // (count - 1) for i in range(count)]
 
 
-def plan_axis(length: int, tile: int, overlap: int) -> list[AxisTile]:
-    """Tiles covering one image axis of `length` pixels (see the module docstring)."""
+def fitted_tile(length: int, tile: int, overlap: int, multiple: int = 1) -> int:
+    """The smallest tile (a multiple of `multiple`, at most `tile`) that covers `length` padded
+    pixels with as few tiles as `tile` would need: a 720-pixel axis takes four 208-pixel tiles
+    rather than four 256-pixel ones, cutting the redundant work of the overlaps by a fifth."""
+    if length <= tile:
+        return tile
+    count = -(-(length - overlap) // (tile - overlap))
+    needed = -(-(length + (count - 1) * overlap) // count)
+    return min(-(-needed // multiple) * multiple, tile)
+
+
+def plan_axis(length: int, tile: int, overlap: int, multiple: int = 1) -> list[AxisTile]:
+    """Tiles covering one image axis of `length` pixels (see the module docstring).
+
+    Tiles are shrunk to `fitted_tile` (rounded up to the model's size `multiple`, so the model
+    pads nothing) when the image does not fill whole `tile`-sized steps.
+    """
     validate_tiling(tile, overlap)
     if length < 1:
         raise ValueError(f"cannot tile an empty axis (length {length})")
@@ -102,6 +117,7 @@ def plan_axis(length: int, tile: int, overlap: int) -> list[AxisTile]:
     if length <= tile:
         return [AxisTile(-pad, length + pad, (-pad, -pad), (length + pad, length + pad), (0, length))]
 
+    tile = max(fitted_tile(length + 2 * pad, tile, overlap, multiple), overlap + 1)
     starts = [s - pad for s in axis_starts(length + 2 * pad, tile, overlap)]
     fade = crossfade_length(overlap)
     # Crossfade between tile i and i+1, centred in their actual overlap [starts[i+1], starts[i] + tile).

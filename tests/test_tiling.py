@@ -39,9 +39,12 @@ def test_plan_covers_axis_with_required_overlap_and_guard(case):
     if length <= tile:
         assert len(tiles) == 1
     else:
-        assert all(t.size == tile for t in tiles)
-        # As few tiles as possible: one fewer could not span the padded axis with this overlap.
+        size = tiles[0].size
+        assert all(t.size == size for t in tiles) and size <= tile
+        # As few tiles as full-size tiles would need: one fewer could not span the padded axis...
         assert (len(tiles) - 1) * (tile - overlap) + overlap < length + 2 * pad
+        # ...and no smaller tile would do with that many.
+        assert len(tiles) * (size - 1 - overlap) + overlap < length + 2 * pad
     for left, right in zip(tiles, tiles[1:]):
         assert left.start < right.start
         assert left.stop - right.start >= overlap
@@ -112,3 +115,11 @@ def test_invalid_tiling_is_a_user_error(tile, overlap, message):
         validate_tiling(tile, overlap)
     with pytest.raises(MsdnError):
         plan_axis(100, tile, overlap)
+
+
+def test_tiles_are_fitted_to_the_model_multiple():
+    # 720 rows + 2*16 pad need four tiles either way; 224 (a multiple of 16) suffices instead of 256.
+    rows = plan_axis(720, 256, 32, multiple=16)
+    assert [t.size for t in rows] == [224] * 4
+    assert plan_axis(720, 256, 32)[0].size == 212
+    assert plan_axis(100, 256, 32, multiple=16)[0].size == 132  # one tile: the model pads the rest
