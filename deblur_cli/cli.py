@@ -571,6 +571,9 @@ class _TrainView:
             self.progress.console.print(f"step {event['step']}: validation PSNR {event['psnr']:.2f} dB, "
                                         f"SSIM {event['ssim']:.4f} (best {event['best_psnr']:.2f} dB)",
                                         highlight=False)
+        elif kind == "time_limit":
+            self.progress.console.print(f"time limit of {event['minutes']} min reached at step {event['step']}; "
+                                        "continue with --resume", highlight=False)
         elif kind == "end":
             self.progress.stop()
             best = event["best_val_psnr"]
@@ -620,6 +623,8 @@ def train_command(
                                         "best weights) [default: runs/msdn, or the --resume folder]."),
     checkpoint_every: int = typer.Option(1000, "--checkpoint-every", help="Steps between checkpoints."),
     val_every: int = typer.Option(None, "--val-every", help="Steps between validations [default: each epoch]."),
+    max_minutes: float = typer.Option(None, "--max-minutes", help="Stop cleanly after this much wall time, with a "
+                                      "checkpoint to --resume from (for time-limited GPU slots)."),
     resume: Path = typer.Option(None, "--resume", help="Continue exactly from a checkpoint file or run folder "
                                 "(its saved settings are used)."),
     export: Path = typer.Option(None, "--export", help="Write the best generator here (.safetensors, with "
@@ -653,7 +658,7 @@ def train_command(
         fft_weight=fft_weight, adv_weight=adv_weight, critic_updates=critic_updates, lr=lr,
         vgg_weights=str(vgg_weights) if vgg_weights else None, checkpoint_dir=str(checkpoint_dir),
         checkpoint_every=checkpoint_every, val_every=val_every, export=str(export) if export else None,
-        device=device, amp=amp, compile=compile_model, channels_last=channels_last, workers=workers, seed=seed,
+        max_minutes=max_minutes, device=device, amp=amp, compile=compile_model, channels_last=channels_last, workers=workers, seed=seed,
     )
     try:
         model_config = MSDNConfig(growth_rate=growth_rate, stem_channels=stem_channels, pyramid=not no_pyramid)

@@ -50,7 +50,8 @@ METRICS = "metrics.jsonl"
 DIRECT_PIXELS = 1 << 21  # validate photos up to ~2 MP in one pass, tile larger ones
 # Options that change how a run executes but not what it computes: on --resume they come from the
 # caller, everything else from the checkpoint.
-RUNTIME_FIELDS = ("device", "workers", "compile", "checkpoint_dir", "checkpoint_every", "val_every", "export")
+RUNTIME_FIELDS = ("device", "workers", "compile", "checkpoint_dir", "checkpoint_every", "val_every", "export",
+                  "max_minutes")
 
 Callback = Callable[[dict[str, Any]], None]
 
@@ -95,6 +96,7 @@ class TrainConfig:
     checkpoint_every: int = 1000
     val_every: int | None = None  # None: every epoch (or steps/10 for --steps runs)
     export: str | None = None
+    max_minutes: float | None = None  # stop cleanly (checkpoint written) after this much wall time
 
     def __post_init__(self) -> None:
         problems = []
@@ -112,6 +114,8 @@ class TrainConfig:
             problems.append("steps must be at least 1")
         if self.val_every is not None and self.val_every < 1:
             problems.append("val-every must be at least 1")
+        if self.max_minutes is not None and self.max_minutes <= 0:
+            problems.append("max-minutes must be positive")
         if self.workers < 0:
             problems.append("workers cannot be negative")
         if self.lr <= 0 or self.lr_final < 0:
@@ -569,7 +573,7 @@ def _train(config: TrainConfig, model_config: MSDNConfig, checkpoint: dict[str, 
 
     last_checkpoint: Path | None = None
     samples = config.batch_size * ddp.world
-    tick = time.perf_counter()
+    tick = started = time.perf_counter()
     for step, batch in _batches(loader, sampler, step, total):
         blurred, sharp = _make_pair(batch, config, device, step, ddp.rank, channels_last)
         record: dict[str, Any] = {"event": "step", "step": step + 1, "lr": opt_g.param_groups[0]["lr"]}
@@ -639,12 +643,16 @@ def _train(config: TrainConfig, model_config: MSDNConfig, checkpoint: dict[str, 
                 best = _broadcast_float(best, device)
                 dist.barrier()
             tick = time.perf_counter()
-        if step % config.checkpoint_every == 0 or step == total:
+        out_of_time = _out_of_time(started, config.max_minutes, ddp, device)
+        if step % config.checkpoint_every == 0 or step == total or out_of_time:
             rngs = _gather_rng(ddp)
             if ddp.main:
                 last_checkpoint = save(step)
                 emit({"event": "checkpoint", "step": step, "path": str(last_checkpoint)})
             tick = time.perf_counter()
+        if out_of_time and step < total:
+            emit({"event": "time_limit", "step": step, "minutes": config.max_minutes})
+            break
 
     exported = None
     if ddp.main:
@@ -660,6 +668,14 @@ def _train(config: TrainConfig, model_config: MSDNConfig, checkpoint: dict[str, 
         emit({"event": "end", "step": step, "best_val_psnr": best, "exported": str(exported) if exported else None})
     return TrainResult(step=step, best_val_psnr=best, checkpoint=last_checkpoint, exported=exported, run_dir=run_dir,
                        generator=generator)
+
+
+def _out_of_time(started: float, max_minutes: float | None, ddp: _Dist, device: torch.device) -> bool:
+    """Whether the wall-time budget is spent; rank 0's clock decides so every rank stops together."""
+    if max_minutes is None:
+        return False
+    over = float(time.perf_counter() - started >= 60 * max_minutes)
+    return bool(_broadcast_float(over, device)) if ddp.world > 1 else bool(over)
 
 
 def _gather_rng(ddp: _Dist) -> dict[str, Any] | list[dict[str, Any]]:

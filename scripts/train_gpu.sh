@@ -60,7 +60,8 @@ train() {
           --crop "$CROP" --amp "$AMP" --channels-last --device "$DEVICE" --workers "$WORKERS"
           --checkpoint-dir "$dir" --checkpoint-every "$CKPT_EVERY" --val-every "$VAL_EVERY" "$@")
   fi
-  timeout -s INT -k 60 "${MINUTES}m" "$PY" -m deblur_cli train "${args[@]}"
+  # --max-minutes stops cleanly with a checkpoint; the outer timeout is only a safety net
+  timeout -s INT -k 60 "$((MINUTES + 2))m" "$PY" -m deblur_cli train --max-minutes "$MINUTES" "${args[@]}"
   local rc=$?
   if [ $rc -eq 124 ] || [ $rc -eq 130 ]; then
     echo "slice ended after ${MINUTES} min; run again to continue from $dir/last.pt"; rc=0

@@ -229,3 +229,16 @@ def test_ddp_two_processes_gloo(photos: Path, tmp_path: Path) -> None:
     ckpt = torch.load(run / "last.pt", weights_only=True)
     assert isinstance(ckpt["rng"], list) and len(ckpt["rng"]) == 2  # each rank's dropout stream
     assert (run / "metrics.jsonl").is_file()
+
+
+def test_time_limit_stops_with_a_checkpoint_that_resumes(photos: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    events = Recorder()
+    # A budget of ~0 minutes: the first step spends it, so the run checkpoints and stops at step 1.
+    result = T.train(tiny_config(photos, run, steps=6, checkpoint_every=100, max_minutes=1e-9), TINY,
+                     callback=events)
+    assert result.step == 1
+    assert [e["step"] for e in events.events if e["event"] == "time_limit"] == [1]
+    assert T.load_checkpoint(run / T.CHECKPOINT)["step"] == 1
+    resumed = T.train(tiny_config(photos, run, steps=6, checkpoint_every=100), TINY, resume=run / T.CHECKPOINT)
+    assert resumed.step == 6
