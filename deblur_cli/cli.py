@@ -642,7 +642,11 @@ def train_command(
     import os
 
     from deblur_cli.model import MSDNConfig
-    from deblur_cli.train import TrainConfig, train
+
+    try:
+        from deblur_cli.train import TrainConfig, train
+    except ImportError as exc:  # kornia (blur synthesis) is a training extra, not an inference dependency
+        raise MsdnError(f"msdn train needs the training extras: pip install 'msdn-deblur[train]' ({exc})") from None
 
     if data is None and resume is None:
         raise MsdnError("pass --data DIR (or --resume RUN to continue a run)")
