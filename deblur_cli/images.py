@@ -85,9 +85,9 @@ class LoadedImage:
 def to_tensor(image: Image.Image) -> Tensor:
     """(1, 3, H, W) float32 in [0, 1] from any Pillow image (16-bit grayscale keeps its precision)."""
     if image.mode.startswith("I"):
-        gray = _from_uint(np.clip(np.asarray(image, dtype=np.int64), 0, 65535), 16)
-        return _hwc_to_tensor(np.repeat(gray[..., None], 3, axis=2))
-    return _hwc_to_tensor(_from_uint(np.asarray(image.convert("RGB")), 8))
+        gray = np.clip(np.asarray(image, dtype=np.int64), 0, 65535).astype(np.uint16)
+        return _hwc_to_tensor(np.repeat(gray[..., None], 3, axis=2), 16)
+    return _hwc_to_tensor(np.asarray(image.convert("RGB")), 8)
 
 
 def to_pil(rgb: Tensor) -> Image.Image:
@@ -136,8 +136,8 @@ def load_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> LoadedImage:
     rgb = planes[..., :3]
     alpha = planes[..., 3:] if planes.shape[-1] == 4 else None
     return LoadedImage(
-        rgb=_hwc_to_tensor(rgb),
-        alpha=None if alpha is None else _hwc_to_tensor(alpha),
+        rgb=_hwc_to_tensor(rgb, bit_depth),
+        alpha=None if alpha is None else _hwc_to_tensor(alpha, bit_depth),
         bit_depth=bit_depth,
         mode=mode,
         icc_profile=icc,
@@ -226,24 +226,24 @@ def _orient(planes: np.ndarray, orientation: int) -> np.ndarray:
 
 
 def _decode_pil(im: Image.Image, icc: bytes | None) -> tuple[np.ndarray, int, bytes | None]:
-    """(H, W, 3 or 4) float32 planes, bit depth and the ICC profile to keep, for what Pillow decodes fully."""
+    """(H, W, 3 or 4) integer planes, bit depth and the ICC profile to keep, for what Pillow decodes fully."""
     mode = im.mode
     if mode.startswith("I"):  # 16-bit (I;16*) or 32-bit integer grayscale: keep 16 bits
-        gray = _from_uint(np.clip(np.asarray(im, dtype=np.int64), 0, 65535), 16)
+        gray = np.clip(np.asarray(im, dtype=np.int64), 0, 65535).astype(np.uint16)
         return np.repeat(gray[..., None], 3, axis=2), 16, icc
     if mode == "F":
         raise MsdnError("floating-point images are not supported; convert it to 8- or 16-bit first")
     if mode == "CMYK":
-        return _from_uint(np.asarray(_cmyk_to_rgb(im, icc)), 8), 8, None  # the CMYK profile no longer applies
+        return np.asarray(_cmyk_to_rgb(im, icc)), 8, None  # the CMYK profile no longer applies
     if mode in ("1", "L"):
-        gray = _from_uint(np.asarray(im.convert("L")), 8)
+        gray = np.asarray(im.convert("L"))
         return np.repeat(gray[..., None], 3, axis=2), 8, icc
     if mode in ("LA", "La"):
-        la = _from_uint(np.asarray(im.convert("LA")), 8)
+        la = np.asarray(im.convert("LA"))
         return np.concatenate([np.repeat(la[..., :1], 3, axis=2), la[..., 1:]], axis=2), 8, icc
     has_alpha = mode in ("RGBA", "RGBa", "PA") or (mode == "P" and "transparency" in im.info)
     target = "RGBA" if has_alpha else "RGB"
-    return _from_uint(np.asarray(im.convert(target)), 8), 8, icc
+    return np.asarray(im.convert(target)), 8, icc
 
 
 def _cmyk_to_rgb(im: Image.Image, icc: bytes | None) -> Image.Image:
@@ -277,7 +277,7 @@ def _decode_16bit_rgb(path: Path, im: Image.Image, low_rawmode: str) -> np.ndarr
         again.tile = [_with_rawmode(tile, low_rawmode) for tile in again.tile]
         again.load()
         low = np.asarray(again).astype(np.uint16)
-    return _from_uint((high << 8) | low, 16)
+    return (high << 8) | low
 
 
 def _with_rawmode(tile: ImageFile._Tile, rawmode: str) -> ImageFile._Tile:
@@ -441,17 +441,29 @@ def _tiff16(planes: np.ndarray, icc: bytes | None) -> bytes:
 # --- array helpers -------------------------------------------------------------------------------
 
 
-def _from_uint(values: np.ndarray, bits: int) -> np.ndarray:
-    return (values.astype(np.float32) / float(2**bits - 1)).astype(np.float32)
+# Conversions run in row strips: a 48 MP photo is 576 MB per float32 copy, so full-size
+# temporaries would set the peak memory of the whole run.
+_STRIP = 256
 
 
 def _quantize(planes: np.ndarray, bits: int) -> np.ndarray:
+    """Float [0, 1] (H, W, C) planes -> unsigned integers of `bits`, rounding half to even."""
     top = 2**bits - 1
-    return np.clip(np.rint(planes * top), 0, top).astype(np.uint8 if bits == 8 else np.uint16)
+    out = np.empty(planes.shape, np.uint8 if bits == 8 else np.uint16)
+    for r in range(0, planes.shape[0], _STRIP):
+        strip = np.multiply(planes[r : r + _STRIP], np.float32(top), dtype=np.float32)
+        np.rint(strip, out=strip)
+        out[r : r + _STRIP] = np.clip(strip, 0, top, out=strip)
+    return out
 
 
-def _hwc_to_tensor(planes: np.ndarray) -> Tensor:
-    return torch.from_numpy(np.ascontiguousarray(planes, dtype=np.float32)).permute(2, 0, 1).unsqueeze(0).contiguous()
+def _hwc_to_tensor(planes: np.ndarray, bits: int) -> Tensor:
+    """(H, W, C) unsigned integer planes of `bits` -> (1, C, H, W) float32 in [0, 1]."""
+    h, w, c = planes.shape
+    out = torch.empty((1, c, h, w), dtype=torch.float32)
+    for r in range(0, h, _STRIP):
+        out[0, :, r : r + _STRIP] = torch.from_numpy(planes[r : r + _STRIP].astype(np.float32)).permute(2, 0, 1)
+    return out.div_(2**bits - 1)
 
 
 def _tensor_to_hwc(t: Tensor) -> np.ndarray:
