@@ -33,8 +33,8 @@ from torch import Tensor
 from torch.utils.data import Dataset, Sampler
 
 from deblur_cli.errors import MsdnError
+from deblur_cli.images import IMAGE_EXTENSIONS
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 _MASK64 = (1 << 64) - 1
 
 
@@ -145,7 +145,7 @@ class Scan:
 
 
 def _images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
 
 
 def _match(blur_dir: Path, sharp_dir: Path, scan: Scan, skip_bad: bool) -> None:
@@ -169,7 +169,7 @@ def find_samples(root: Path, *, synthetic: bool = False, blur_folder: str = "blu
     scan = Scan(samples=[])
     if synthetic:
         scan.samples = [Sample(sharp=p) for p in sorted(root.rglob("*"))
-                        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and blur_folder not in p.parts[len(root.parts):]]
+                        if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and blur_folder not in p.parts[len(root.parts):]]
     elif (root / blur_folder).is_dir() and (root / "sharp").is_dir():
         _match(root / blur_folder, root / "sharp", scan, skip_bad)
     else:
