@@ -132,8 +132,12 @@ def load_checkpoint(path: Path) -> Checkpoint:
     try:
         data = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types here (UnpicklingError, RuntimeError, EOFError...)
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise MsdnError(f"{path} is not a loadable PyTorch checkpoint ({first})") from None
+        text = str(exc).strip()
+        if text.startswith("Weights only load failed"):  # torch's text is a paragraph about pickle; say it short
+            reason = "it is not a torch file of plain tensors; files that run code on load are refused"
+        else:
+            reason = text.splitlines()[0] if text else type(exc).__name__
+        raise MsdnError(f"{path} is not a loadable PyTorch checkpoint ({reason})") from None
     if not isinstance(data, Mapping):
         raise MsdnError(f"{path} holds a {type(data).__name__}, not a state dict or training checkpoint")
     if "generator" in data:
