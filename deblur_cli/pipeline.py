@@ -142,7 +142,7 @@ def parse_extensions(text: str | None) -> frozenset[str]:
     return frozenset(chosen)
 
 
-def _walk(directory: Path, recursive: bool, skip_dir: Path) -> Iterable[Path]:
+def _walk(directory: Path, recursive: bool, skip_dir: Path | None) -> Iterable[Path]:
     for root, dirs, files in os.walk(directory):
         here = Path(root)
         dirs[:] = sorted(d for d in dirs if not d.startswith(".") and not _inside(here / d, skip_dir))
@@ -153,8 +153,8 @@ def _walk(directory: Path, recursive: bool, skip_dir: Path) -> Iterable[Path]:
             return
 
 
-def _inside(path: Path, parent: Path) -> bool:
-    return path.resolve() == parent or path.resolve().is_relative_to(parent)
+def _inside(path: Path, parent: Path | None) -> bool:
+    return parent is not None and path.resolve().is_relative_to(parent)
 
 
 def plan_directory(directory: Path, out_dir: Path | None = None, *, recursive: bool = False,
@@ -162,7 +162,8 @@ def plan_directory(directory: Path, out_dir: Path | None = None, *, recursive: b
                    overwrite: bool = False) -> list[Job]:
     """The images under `directory` and where each one's output goes, mirrored under `out_dir`.
 
-    Files inside `out_dir` are never inputs, so an OUTDIR inside DIR does not feed on itself.
+    Files inside an `out_dir` that lies inside DIR are never inputs, so it does not feed on itself;
+    an `out_dir` above DIR (`-o ..`) is fine, unless an output would land on an input.
     """
     directory = Path(directory)
     if not directory.is_dir():
@@ -174,13 +175,18 @@ def plan_directory(directory: Path, out_dir: Path | None = None, *, recursive: b
     if fmt is not None:
         suffix = "." + fmt.strip().lower().lstrip(".")
         output_format(Path("x" + suffix))
+    skip_dir = out_dir if _inside(out_dir, directory.resolve()) else None
+    sources = [s for s in _walk(directory, recursive, skip_dir)
+               if s.suffix.lower() in extensions and not _inside(s, skip_dir)]
+    inputs = {s.resolve() for s in sources}
     jobs: list[Job] = []
     owners: dict[Path, Path] = {}
-    for source in _walk(directory, recursive, out_dir):
-        if source.suffix.lower() not in extensions or _inside(source, out_dir):
-            continue
+    for source in sources:
         relative = source.relative_to(directory)
         target = out_dir / (relative.with_suffix(suffix) if suffix else relative)
+        if target.resolve() in inputs:
+            raise MsdnError(f"the output {target} would replace an input image; choose an output folder "
+                            f"outside {directory} with -o")
         key = Path(os.path.normcase(target))
         jobs.append(Job(source, target, exists=target.exists() and not overwrite, clash=owners.get(key)))
         owners.setdefault(key, source)

@@ -120,3 +120,15 @@ def test_deblur_directory_goes_on_past_a_bad_file(tmp_path: Path, monkeypatch: p
     original = np.asarray(Image.open(root / "c.png"))
     np.testing.assert_array_equal(np.asarray(Image.open(out / "c.png")), 255 - original)
     assert not (out / "b.png").exists()
+
+
+def test_output_folder_above_the_input_folder(tmp_path: Path) -> None:
+    root = tmp_path / "photos"
+    _image(root / "a.png")
+    _image(root / "photos" / "a.png")
+    # `-o ..`: the inputs lie inside OUTDIR but are still inputs (this used to find "no images")
+    jobs = plan_directory(root, tmp_path)
+    assert [(j.source, j.target) for j in jobs] == [(root / "a.png", tmp_path.resolve() / "a.png")]
+    # recursively, photos/photos/a.png would go to photos/a.png, an input: refused before any work
+    with pytest.raises(MsdnError, match="would replace an input image"):
+        plan_directory(root, tmp_path, recursive=True, overwrite=True)
