@@ -31,7 +31,7 @@ from torch import Tensor
 from deblur_cli import metrics
 from deblur_cli.errors import MsdnError
 from deblur_cli.files import atomic_write_bytes
-from deblur_cli.images import IMAGE_EXTENSIONS, load_image, save_rgb
+from deblur_cli.images import IMAGE_EXTENSIONS, check_output_dir, load_image, save_rgb
 from deblur_cli.inference import deblur, prepare_model
 from deblur_cli.model import MSDN
 from deblur_cli.weights import load_resolved, resolve_weights
@@ -326,8 +326,11 @@ def output_paths(save_dir: Path, label: str, pair: Pair) -> tuple[Path, Path]:
 
 def check_outputs(dataset: Dataset, contenders: Sequence[Contender], save_dir: Path | None,
                   reports: Sequence[Path | None] = (), overwrite: bool = False) -> None:
-    """Refuse, before any work, to replace an existing file without --overwrite, or an input ever."""
+    """Refuse, before any work, to replace an existing file without --overwrite, or an input ever,
+    and report files that could not be written at the end of the run."""
     targets = [Path(p) for p in reports if p is not None]
+    for report in targets:
+        check_output_dir(report)
     if save_dir is not None:
         targets += [p for c in contenders if c.model is not None for pair in dataset.pairs
                     for p in output_paths(save_dir, c.label, pair)]
@@ -426,7 +429,10 @@ def evaluate(
                                    metrics.ssim(scored, target).item(), seconds))
             if save_dir is not None and contender.model is not None:
                 out_path, strip_path = output_paths(save_dir, contender.label, pair)
-                out_path.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    out_path.parent.mkdir(parents=True, exist_ok=True)
+                except OSError as exc:
+                    raise MsdnError(f"cannot create {out_path.parent}: {exc.strerror or exc}") from None
                 save_rgb(out_path, output)
                 save_rgb(strip_path, side_by_side(blurred, output, sharp))
             done += 1

@@ -351,6 +351,11 @@ def test_existing_outputs_need_overwrite(tmp_path: Path) -> None:
     assert json.loads(js.read_text())["rows"][0]["name"] == "a"
     with pytest.raises(MsdnError, match="one of the dataset's images"):
         check_outputs(discover(root), [], None, [root / "sharp" / "a.png"], overwrite=True)
+    # a report that could not be written is refused up front, not after the run as a traceback
+    result = run("eval", root, "--baseline", "identity", "--json", tmp_path / "missing" / "r.json")
+    assert result.exit_code == 1 and "does not exist" in result.output and "Traceback" not in result.output
+    result = run("eval", root, "--baseline", "identity", "--csv", root, "--overwrite")
+    assert result.exit_code == 1 and "it is a directory" in result.output
 
 
 def test_unknown_options_are_one_line_errors(tmp_path: Path) -> None:
