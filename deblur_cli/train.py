@@ -40,7 +40,7 @@ from deblur_cli.errors import MsdnError
 from deblur_cli.files import atomic_path, atomic_write_bytes
 from deblur_cli.metrics import psnr, ssim
 from deblur_cli.model import MSDN, MSDNConfig, count_parameters
-from deblur_cli.weights import save_weights
+from deblur_cli.weights import save_weights, torch_load
 
 CONTENT_LOSSES = ("perceptual", "l1", "charbonnier")
 AMP_CHOICES = ("auto", "bf16", "fp16", "none")
@@ -203,10 +203,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         path = path / CHECKPOINT
     if not path.is_file():
         raise MsdnError(f"checkpoint not found: {path}")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - a broken file is the user's to fix
-        raise MsdnError(f"cannot read checkpoint {path}: {str(exc).splitlines()[0]}") from None
+    checkpoint = torch_load(path, "training checkpoint")
     if not isinstance(checkpoint, dict) or "generator" not in checkpoint or "train_config" not in checkpoint:
         raise MsdnError(f"{path} is not an msdn training checkpoint")
     return checkpoint

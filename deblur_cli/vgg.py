@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from deblur_cli.errors import MsdnError
+from deblur_cli.weights import torch_load
 
 # torchvision's `vgg19().features` layout (config "E"): conv channel counts, "M" = max-pool.
 _CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512)
@@ -131,10 +132,7 @@ def torchvision_cache_path() -> Path | None:
 
 
 def _load_state(path: Path) -> dict[str, Tensor]:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's to fix
-        raise MsdnError(f"cannot read VGG-19 weights {path}: {str(exc).splitlines()[0]}") from None
+    state = torch_load(path, "VGG-19 weights file")
     if not isinstance(state, dict):
         raise MsdnError(f"{path} is not a VGG-19 state dict")
     return state

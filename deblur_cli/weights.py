@@ -26,7 +26,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
-from deblur_cli.errors import MsdnError
+from deblur_cli.errors import MsdnError, first_line
 from deblur_cli.files import atomic_path, atomic_write_bytes
 from deblur_cli.model import MSDN, MSDNConfig
 
@@ -110,6 +110,18 @@ def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
         raise MsdnError(f"{path} is not a readable safetensors file ({exc})") from None
 
 
+def torch_load(path: Path, what: str = "PyTorch checkpoint") -> Any:
+    """`torch.load(weights_only=True)` onto the CPU (no pickle code runs); a failure is one short MsdnError."""
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types here (UnpicklingError, RuntimeError, EOFError...)
+        if str(exc).strip().startswith("Weights only load failed"):  # torch's text is a paragraph about pickle
+            reason = "it is not a torch file of plain tensors; files that run code on load are refused"
+        else:
+            reason = first_line(exc)
+        raise MsdnError(f"{path} is not a loadable {what} ({reason})") from None
+
+
 @dataclass(frozen=True)
 class Checkpoint:
     """A training checkpoint as `msdn train` writes it (`torch.save` of plain containers)."""
@@ -129,15 +141,7 @@ def load_checkpoint(path: Path) -> Checkpoint:
     path = Path(path)
     if not path.is_file():
         raise MsdnError(f"checkpoint not found: {path}")
-    try:
-        data = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types here (UnpicklingError, RuntimeError, EOFError...)
-        text = str(exc).strip()
-        if text.startswith("Weights only load failed"):  # torch's text is a paragraph about pickle; say it short
-            reason = "it is not a torch file of plain tensors; files that run code on load are refused"
-        else:
-            reason = text.splitlines()[0] if text else type(exc).__name__
-        raise MsdnError(f"{path} is not a loadable PyTorch checkpoint ({reason})") from None
+    data = torch_load(path)
     if not isinstance(data, Mapping):
         raise MsdnError(f"{path} holds a {type(data).__name__}, not a state dict or training checkpoint")
     if "generator" in data:
@@ -486,8 +490,7 @@ def _hub_error(exc: BaseException, entry: ModelEntry, settings: HubSettings) -> 
     if isinstance(exc, HfHubHTTPError):
         status = getattr(getattr(exc, "response", None), "status_code", None)
         return MsdnError(f"downloading model '{entry.name}' from {where} failed (HTTP {status})")
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return MsdnError(f"downloading model '{entry.name}' from {where} failed: {first}")
+    return MsdnError(f"downloading model '{entry.name}' from {where} failed: {first_line(exc)}")
 
 
 def cached_file(entry: ModelEntry, settings: HubSettings | None = None) -> Path | None:
@@ -739,8 +742,7 @@ def _push_error(exc: BaseException, repo_id: str, revision: str | None, settings
         status = getattr(getattr(exc, "response", None), "status_code", None)
         hint = ": check the token and that you own the repository" if status in (401, 403) else ""
         return MsdnError(f"the upload to {where} failed (HTTP {status}){hint}")
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return MsdnError(f"the upload to {where} failed: {first}")
+    return MsdnError(f"the upload to {where} failed: {first_line(exc)}")
 
 
 def push_weights(name: str, weights: Path, repo_id: str, *, revision: str | None = None, private: bool = False,

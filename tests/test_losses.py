@@ -82,6 +82,9 @@ def test_torchvision_format_state_dict_loads(tmp_path) -> None:
     torch.save({"features.0.weight": torch.zeros(1)}, tmp_path / "bad.pth")
     with pytest.raises(MsdnError, match="lack"):
         V.load_vgg19(tmp_path / "bad.pth")
+    (tmp_path / "empty.pth").write_bytes(b"")  # torch raises an EOFError without a message
+    with pytest.raises(MsdnError, match=r"empty.pth is not a loadable VGG-19 weights file \(EOFError\)"):
+        V.load_vgg19(tmp_path / "empty.pth")
 
 
 def _neighbour_correlation(weight: torch.Tensor) -> float:

@@ -187,12 +187,14 @@ def test_cli_train_and_errors(photos: Path, tmp_path: Path) -> None:
     assert resumed.exit_code == 0 and "done at step 2" in resumed.output  # already finished: nothing to do
 
     (tmp_path / "empty").mkdir()
+    (tmp_path / "empty.pt").write_bytes(b"")
     for bad, message in [
         (["--data", str(tmp_path / "empty"), "--synthetic-blur"], "no images found"),
         (["--data", str(photos), "--synthetic-blur", "--crop", "4096"], "no usable training images"),
         (["--data", str(photos), "--blur-strength", "3"], "--blur-strength"),
         (["--data", str(photos), "--content-loss", "mse"], "unknown content loss"),
         (["--resume", str(tmp_path / "nothing")], "checkpoint not found"),
+        (["--resume", str(tmp_path / "empty.pt")], "is not a loadable training checkpoint (EOFError)"),
         ([], "pass --data"),
     ]:
         result = runner.invoke(app, ["train", *bad])

@@ -211,6 +211,9 @@ def test_pickled_code_is_refused(tmp_path):
     torch.save({"generator": NotAStateDict(), "model_config": TINY.to_dict()}, ckpt)
     with pytest.raises(MsdnError, match="is not a loadable PyTorch checkpoint"):
         w.load_generator(weights=ckpt)
+    ckpt.write_bytes(b"")  # truncated to nothing: torch's EOFError has no text
+    with pytest.raises(MsdnError, match=r"is not a loadable PyTorch checkpoint \(EOFError\)"):
+        w.load_generator(weights=ckpt)
 
 
 def test_bare_state_dict_pt_needs_sibling_config(tmp_path):
