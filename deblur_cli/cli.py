@@ -469,7 +469,7 @@ def eval_command(
     tile: int = typer.Option(256, "--tile", help="Tile size for inference."),
     overlap: int = typer.Option(32, "--overlap", help="Overlap between tiles."),
     batch_size: int = typer.Option(4, "--batch-size", help="Tiles per model call."),
-    amp: str | None = typer.Option(None, "--amp", help="bf16 | fp16 mixed precision (GPU)."),
+    amp: str = _AMP_OPT,
     offline: bool = typer.Option(False, "--offline", help="Never download weights."),
 ) -> None:
     """Score models by PSNR / SSIM (8-bit, scikit-image conventions) on a benchmark folder."""
@@ -477,9 +477,11 @@ def eval_command(
 
     from deblur_cli import evaluate as ev
     from deblur_cli.inference import select_device
+    from deblur_cli.pipeline import parse_amp
 
     if baseline not in (None, ev.IDENTITY):
         raise fail(f"unknown baseline '{baseline}': the only baseline is '{ev.IDENTITY}'")
+    amp_mode = parse_amp(amp)  # "none" as in msdn deblur
     dataset = ev.discover(root, layout, split=split, blur_folder=blur_folder)
     contenders = ev.load_contenders(model, weights, select_device(device), identity=baseline is not None,
                                     offline=offline)
@@ -492,7 +494,7 @@ def eval_command(
                   console=console) as bar:
         task = bar.add_task("eval", total=None)
         report = ev.evaluate(dataset, contenders, protocol=protocol, crop_border=crop_border, tile=tile,
-                             overlap=overlap, batch_size=batch_size, amp=amp, limit=limit, save_dir=save_images,
+                             overlap=overlap, batch_size=batch_size, amp=amp_mode, limit=limit, save_dir=save_images,
                              progress=lambda done, total: bar.update(task, completed=done, total=total))
     out = Console()
     if not out.is_terminal:  # a file or pipe: full-width tables, not 80 columns

@@ -328,7 +328,7 @@ def test_two_models_side_by_side(tmp_path: Path) -> None:
     w1 = tiny_weights(tmp_path / "run1" / "best.safetensors", seed=1)
     w2 = tiny_weights(tmp_path / "run2" / "best.safetensors", seed=2)
     js = tmp_path / "r.json"
-    result = run("eval", root, "-w", w1, "-w", w2, "--json", js, "--limit", 1, "--device", "cpu")
+    result = run("eval", root, "-w", w1, "-w", w2, "--json", js, "--limit", 1, "--device", "cpu", "--amp", "none")
     assert result.exit_code == 0, result.output
     report = json.loads(js.read_text())
     assert report["models"] == ["best", "best-2"]
@@ -364,7 +364,8 @@ def test_unknown_options_are_one_line_errors(tmp_path: Path) -> None:
     for args, message in ((["--baseline", "mean"], "unknown baseline 'mean'"),
                           (["--baseline", "identity", "--protocol", "center"], "unknown protocol 'center'"),
                           (["--weights", tmp_path / "nope.safetensors"], "weights file not found"),
-                          (["--model", "no-such-model"], "unknown model 'no-such-model'")):
+                          (["--model", "no-such-model"], "unknown model 'no-such-model'"),
+                          (["--baseline", "identity", "--amp", "int8"], "unknown --amp 'int8'")):
         result = run("eval", root, *args)
         assert result.exit_code == 1 and message in result.output and "Traceback" not in result.output
 
