@@ -40,7 +40,7 @@ from deblur_cli.errors import MsdnError
 from deblur_cli.files import atomic_path, atomic_write_bytes
 from deblur_cli.metrics import psnr, ssim
 from deblur_cli.model import MSDN, MSDNConfig, count_parameters
-from deblur_cli.weights import save_weights, torch_load
+from deblur_cli.weights import config_json, save_weights, torch_load
 
 CONTENT_LOSSES = ("perceptual", "l1", "charbonnier")
 AMP_CHOICES = ("auto", "bf16", "fp16", "none")
@@ -457,8 +457,8 @@ def train(config: TrainConfig, model_config: MSDNConfig | None = None, *, resume
     """Train (or resume training) a generator; `callback(event)` receives progress on rank 0.
 
     Events are dicts with "event": "start" | "step" | "val" | "checkpoint" | "end". A fresh run
-    refuses a run folder that already holds a checkpoint, and an existing `export` file, unless
-    `overwrite`: hours of someone's training are not replaced silently.
+    refuses a run folder that already holds a checkpoint, and an existing `export` file or the
+    config.json beside it, unless `overwrite`: hours of someone's training are not replaced silently.
     """
     checkpoint = load_checkpoint(resume) if resume is not None else None
     if checkpoint is not None:
@@ -468,8 +468,10 @@ def train(config: TrainConfig, model_config: MSDNConfig | None = None, *, resume
     elif not overwrite and (Path(config.checkpoint_dir) / CHECKPOINT).is_file():
         raise MsdnError(f"{config.checkpoint_dir} already holds a training run: continue it with --resume "
                         f"{config.checkpoint_dir}, choose another --checkpoint-dir, or pass --overwrite")
-    if config.export and not overwrite and Path(config.export).exists():
-        raise MsdnError(f"{config.export} already exists (pass --overwrite to replace it)")
+    if config.export and not overwrite:  # the export and the config.json written beside it
+        for target in (Path(config.export), Path(config.export).with_name("config.json")):
+            if target.exists():
+                raise MsdnError(f"{target} already exists (pass --overwrite to replace it)")
     model_config = model_config or MSDNConfig()
     ddp = _init_distributed(config.device)
     try:
@@ -659,7 +661,7 @@ def _train(config: TrainConfig, model_config: MSDNConfig, checkpoint: dict[str, 
             exported = Path(config.export)
             exported.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_bytes(exported, (run_dir / BEST).read_bytes())
-            _write_config_json(exported.with_name("config.json"), model_config)
+            atomic_write_bytes(exported.with_name("config.json"), config_json(model_config))
         if log is not None:
             log.close()
         emit({"event": "end", "step": step, "best_val_psnr": best, "exported": str(exported) if exported else None})
@@ -691,15 +693,10 @@ def _broadcast_float(value: float | None, device: torch.device) -> float | None:
     return box[0]
 
 
-def _write_config_json(path: Path, model_config: MSDNConfig) -> None:
-    text = json.dumps({"msdn_config": model_config.to_dict()}, indent=2, sort_keys=True) + "\n"
-    atomic_write_bytes(path, text.encode())
-
-
 def _export(path: Path, generator: MSDN, model_config: MSDNConfig, step: int, val_psnr: float | None) -> None:
     """The generator as a weight file `msdn deblur --weights` loads, with config.json beside it."""
     metadata = {"step": str(step)}
     if val_psnr is not None and math.isfinite(val_psnr):
         metadata["val_psnr"] = f"{val_psnr:.4f}"
     save_weights(path, generator.state_dict(), model_config, metadata=metadata)
-    _write_config_json(path.with_name("config.json"), model_config)
+    atomic_write_bytes(path.with_name("config.json"), config_json(model_config))

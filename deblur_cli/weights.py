@@ -68,6 +68,11 @@ def _config_from(data: Any, source: str) -> MSDNConfig:
     raise MsdnError(f"{source} holds no model config")
 
 
+def config_json(config: MSDNConfig) -> bytes:
+    """The config.json written beside a weight file (what `_sibling_config` reads back)."""
+    return (json.dumps({CONFIG_KEY: config.to_dict()}, indent=2, sort_keys=True) + "\n").encode()
+
+
 def _sibling_config(path: Path) -> MSDNConfig | None:
     sibling = path.with_name("config.json")
     if not sibling.is_file():
@@ -721,7 +726,7 @@ def export_checkpoint(checkpoint: Path, output: Path, *, dtype: torch.dtype = to
     metadata = {"name": name, **({"step": str(ckpt.step)} if ckpt.step is not None else {}),
                 **({"metrics": json.dumps(ckpt.metrics)} if ckpt.metrics else {})}
     save_weights(output, ckpt.generator, ckpt.config, metadata=metadata, dtype=dtype)
-    atomic_write_bytes(targets[1], (json.dumps({CONFIG_KEY: ckpt.config.to_dict()}, indent=2) + "\n").encode())
+    atomic_write_bytes(targets[1], config_json(ckpt.config))
     atomic_write_bytes(targets[2], model_card(name, ckpt.config, ckpt.metrics, filename=output.name,
                                               step=ckpt.step).encode())
     return ExportResult(output, targets[1], targets[2], entry_template(name, ckpt.config, output, ckpt.metrics))
@@ -757,10 +762,9 @@ def push_weights(name: str, weights: Path, repo_id: str, *, revision: str | None
         raise MsdnError(f"--repo-id must look like 'owner/name', got '{repo_id}'")
     config = read_config(weights)
     metrics, step = _metadata_metrics(read_metadata(weights))
-    config_json = weights.with_name("config.json")
+    config_file = weights.with_name("config.json")
     readme = weights.with_name("README.md")
-    config_bytes = (config_json.read_bytes() if config_json.is_file()
-                    else (json.dumps({CONFIG_KEY: config.to_dict()}, indent=2) + "\n").encode())
+    config_bytes = config_file.read_bytes() if config_file.is_file() else config_json(config)
     readme_bytes = (readme.read_bytes() if readme.is_file()
                     else model_card(name, config, metrics, filename=weights.name, step=step).encode())
     settings = hub_settings()

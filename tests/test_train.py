@@ -183,6 +183,10 @@ def test_cli_train_and_errors(photos: Path, tmp_path: Path) -> None:
     again = runner.invoke(app, args)  # a second fresh run must not clobber the first
     assert again.exit_code == 1 and "already holds a training run" in again.output
     assert runner.invoke(app, [*args, "--overwrite"]).exit_code == 0
+    other = [a.replace("g.safetensors", "h.safetensors").replace(str(run), str(tmp_path / "run2")) for a in args]
+    clash = runner.invoke(app, other)  # a second model in the same folder would replace g's config.json
+    assert clash.exit_code == 1 and "config.json already exists" in clash.output, clash.output
+    assert not (tmp_path / "run2").exists()
     resumed = runner.invoke(app, ["train", "--resume", str(run), "--workers", "0", "--device", "cpu"])
     assert resumed.exit_code == 0 and "done at step 2" in resumed.output  # already finished: nothing to do
 
