@@ -41,14 +41,15 @@ DEFAULT_MAX_PIXELS = 100_000_000  # a 100 MP photo already needs ~2.4 GB as floa
 ORIENTATION_TAG = 0x0112
 GRAY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N"})
 
-_TRANSPOSE = {
-    2: Image.Transpose.FLIP_LEFT_RIGHT,
-    3: Image.Transpose.ROTATE_180,
-    4: Image.Transpose.FLIP_TOP_BOTTOM,
-    5: Image.Transpose.TRANSPOSE,
-    6: Image.Transpose.ROTATE_270,
-    7: Image.Transpose.TRANSVERSE,
-    8: Image.Transpose.ROTATE_90,
+# EXIF orientation -> the (H, W, C) array operation Pillow's exif_transpose applies to images.
+_ORIENT = {
+    2: lambda a: a[:, ::-1],  # FLIP_LEFT_RIGHT
+    3: lambda a: a[::-1, ::-1],  # ROTATE_180
+    4: lambda a: a[::-1],  # FLIP_TOP_BOTTOM
+    5: lambda a: a.transpose(1, 0, 2),  # TRANSPOSE
+    6: lambda a: np.rot90(a, -1),  # ROTATE_270
+    7: lambda a: np.rot90(a, 2).transpose(1, 0, 2),  # TRANSVERSE
+    8: lambda a: np.rot90(a, 1),  # ROTATE_90
 }
 # Errors Pillow and its codecs raise on a file that is not what it claims to be.
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error, IndexError, TypeError)
@@ -85,8 +86,7 @@ class LoadedImage:
 def to_tensor(image: Image.Image) -> Tensor:
     """(1, 3, H, W) float32 in [0, 1] from any Pillow image (16-bit grayscale keeps its precision)."""
     if image.mode.startswith("I"):
-        gray = np.clip(np.asarray(image, dtype=np.int64), 0, 65535).astype(np.uint16)
-        return _hwc_to_tensor(np.repeat(gray[..., None], 3, axis=2), 16)
+        return _hwc_to_tensor(_gray16_planes(image), 16)
     return _hwc_to_tensor(np.asarray(image.convert("RGB")), 8)
 
 
@@ -191,7 +191,7 @@ def _orientation(im: Image.Image) -> int:
         value = im.getexif().get(ORIENTATION_TAG, 1)
     except Exception:  # a broken EXIF block should not stop a photo from being deblurred
         return 1
-    return value if isinstance(value, int) and value in _TRANSPOSE else 1
+    return value if isinstance(value, int) and value in _ORIENT else 1
 
 
 def _upright_exif(raw: bytes | None) -> bytes | None:
@@ -210,27 +210,15 @@ def _upright_exif(raw: bytes | None) -> bytes | None:
 
 def _orient(planes: np.ndarray, orientation: int) -> np.ndarray:
     """Apply an EXIF orientation to an (H, W, C) array, as Pillow's exif_transpose does to images."""
-    method = _TRANSPOSE.get(orientation)
-    if method is None:
-        return planes
-    turned = {
-        Image.Transpose.FLIP_LEFT_RIGHT: lambda a: a[:, ::-1],
-        Image.Transpose.FLIP_TOP_BOTTOM: lambda a: a[::-1],
-        Image.Transpose.ROTATE_180: lambda a: a[::-1, ::-1],
-        Image.Transpose.ROTATE_90: lambda a: np.rot90(a, 1),
-        Image.Transpose.ROTATE_270: lambda a: np.rot90(a, -1),
-        Image.Transpose.TRANSPOSE: lambda a: a.transpose(1, 0, 2),
-        Image.Transpose.TRANSVERSE: lambda a: np.rot90(a, 2).transpose(1, 0, 2),
-    }[method](planes)
-    return np.ascontiguousarray(turned)
+    turn = _ORIENT.get(orientation)
+    return planes if turn is None else np.ascontiguousarray(turn(planes))
 
 
 def _decode_pil(im: Image.Image, icc: bytes | None) -> tuple[np.ndarray, int, bytes | None]:
     """(H, W, 3 or 4) integer planes, bit depth and the ICC profile to keep, for what Pillow decodes fully."""
     mode = im.mode
-    if mode.startswith("I"):  # 16-bit (I;16*) or 32-bit integer grayscale: keep 16 bits
-        gray = np.clip(np.asarray(im, dtype=np.int64), 0, 65535).astype(np.uint16)
-        return np.repeat(gray[..., None], 3, axis=2), 16, icc
+    if mode.startswith("I"):
+        return _gray16_planes(im), 16, icc
     if mode == "F":
         raise MsdnError("floating-point images are not supported; convert it to 8- or 16-bit first")
     if mode == "CMYK":
@@ -244,6 +232,12 @@ def _decode_pil(im: Image.Image, icc: bytes | None) -> tuple[np.ndarray, int, by
     has_alpha = mode in ("RGBA", "RGBa", "PA") or (mode == "P" and "transparency" in im.info)
     target = "RGBA" if has_alpha else "RGB"
     return np.asarray(im.convert(target)), 8, icc
+
+
+def _gray16_planes(im: Image.Image) -> np.ndarray:
+    """(H, W, 3) uint16 from 16-bit (I;16*) or 32-bit integer grayscale, clipped to 16 bits."""
+    gray = np.clip(np.asarray(im, dtype=np.int64), 0, 65535).astype(np.uint16)
+    return np.repeat(gray[..., None], 3, axis=2)
 
 
 def _cmyk_to_rgb(im: Image.Image, icc: bytes | None) -> Image.Image:
