@@ -55,9 +55,7 @@ def psnr(pred: Tensor, target: Tensor) -> Tensor:
     """Per-image PSNR in dB (shape (B,)) of 8-bit-quantised (B,C,H,W) images in [0, 1]; inf if identical."""
     _check_pair(pred, target)
     mse = (quantize(pred) - quantize(target)).pow(2).flatten(1).mean(dim=1)
-    with torch.no_grad():
-        out = 10.0 * torch.log10(DATA_RANGE**2 / mse)
-    return out.to(torch.float64)
+    return 10.0 * torch.log10(DATA_RANGE**2 / mse)
 
 
 def _gaussian_taps() -> list[float]:
@@ -96,12 +94,11 @@ def ssim(pred: Tensor, target: Tensor) -> Tensor:
         raise ValueError(f"SSIM needs images of at least {win}x{win} pixels, got {w}x{h}")
     x = quantize(pred).reshape(b * c, 1, h, w)
     y = quantize(target).reshape(b * c, 1, h, w)
-    taps = _gaussian_taps()
-    with torch.no_grad():
-        stacked = _blur_valid(torch.cat([x, y, x * x, y * y, x * y]), taps)
-        ux, uy, uxx, uyy, uxy = stacked.chunk(5)
-        vx, vy, vxy = uxx - ux * ux, uyy - uy * uy, uxy - ux * uy
-        c1, c2 = (SSIM_K1 * DATA_RANGE) ** 2, (SSIM_K2 * DATA_RANGE) ** 2
-        s_map = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
+    # quantize() detaches, so nothing below records autograd history
+    stacked = _blur_valid(torch.cat([x, y, x * x, y * y, x * y]), _gaussian_taps())
+    ux, uy, uxx, uyy, uxy = stacked.chunk(5)
+    vx, vy, vxy = uxx - ux * ux, uyy - uy * uy, uxy - ux * uy
+    c1, c2 = (SSIM_K1 * DATA_RANGE) ** 2, (SSIM_K2 * DATA_RANGE) ** 2
+    s_map = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
     return s_map.flatten(1).mean(dim=1).view(b, c).mean(dim=1)
 

@@ -16,6 +16,7 @@ from deblur_cli.errors import MsdnError
 from deblur_cli.images import (DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, check_output_dir, load_image, output_format,
                                save_image)
 from deblur_cli.model import MSDN
+from deblur_cli.tiling import validate_tiling
 
 Progress = Callable[[int, int], None]
 AMP_CHOICES = ("none", "bf16", "fp16")
@@ -33,8 +34,6 @@ class DeblurSettings:
     max_pixels: int = DEFAULT_MAX_PIXELS
 
     def __post_init__(self) -> None:
-        from deblur_cli.tiling import validate_tiling
-
         validate_tiling(self.tile, self.overlap)
         if self.batch_size < 1:
             raise MsdnError(f"--batch-size must be at least 1, got {self.batch_size}")
