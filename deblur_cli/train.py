@@ -38,6 +38,7 @@ from deblur_cli import data as D
 from deblur_cli import losses as L
 from deblur_cli.errors import MsdnError
 from deblur_cli.files import atomic_path, atomic_write_bytes
+from deblur_cli.inference import AMP_DTYPES, deblur, select_device
 from deblur_cli.metrics import psnr, ssim
 from deblur_cli.model import MSDN, MSDNConfig, count_parameters
 from deblur_cli.weights import config_json, save_weights, torch_load
@@ -224,8 +225,6 @@ def _amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
 
 
 def _select_device(name: str, local_rank: int | None) -> torch.device:
-    from deblur_cli.inference import select_device
-
     device = select_device(name)
     if local_rank is not None and device.type == "cuda":
         device = torch.device("cuda", local_rank)
@@ -308,24 +307,22 @@ class Validation:
 
     def _build(self) -> list[tuple[Tensor, Tensor]]:
         cfg = self.config
-        pairs = []
-        if cfg.fixed_crops:
-            dataset = D.CropDataset(self.split.train, cfg.crop, cfg.seed, flips=True)
-            items = (dataset[k] for k in range(len(dataset)))
+        if cfg.fixed_crops:  # the training crops themselves, with the blur training gives them
+            dataset: D.CropDataset | D.WholeDataset = D.CropDataset(self.split.train, cfg.crop, cfg.seed)
         else:
             dataset = D.WholeDataset(self.split.val)
-            items = (dataset[k] for k in range(len(dataset)))
-        for item in items:
-            batch = {k: (v[None] if isinstance(v, Tensor) else [v]) for k, v in item.items()}
-            if cfg.val_crop and not cfg.fixed_crops:
-                batch = {k: (_centre(v, cfg.val_crop) if isinstance(v, Tensor) else v) for k, v in batch.items()}
-            if "blur" not in batch and not cfg.fixed_crops:
-                sharp = _to_float(batch["sharp"], self.device, False)
-                blurred = _blur(sharp, cfg, self.device, D.mix_seed(cfg.seed, 0xFA1, int(batch["key"][0])))
-                batch["blur"] = (blurred * 255).round().to(torch.uint8).cpu()
-            elif cfg.fixed_crops:
+        pairs = []
+        for key in range(len(dataset)):
+            batch = {k: (v[None] if isinstance(v, Tensor) else [v]) for k, v in dataset[key].items()}
+            if cfg.fixed_crops:
                 blurred, _ = _make_pair(batch, cfg, self.device, 0, 0, False)
-                batch["blur"] = (blurred * 255).round().to(torch.uint8).cpu()
+                batch["blur"] = _to_uint8(blurred)
+            else:
+                if cfg.val_crop:
+                    batch = {k: (_centre(v, cfg.val_crop) if isinstance(v, Tensor) else v) for k, v in batch.items()}
+                if "blur" not in batch:
+                    sharp = _to_float(batch["sharp"], self.device, False)
+                    batch["blur"] = _to_uint8(_blur(sharp, cfg, self.device, D.mix_seed(cfg.seed, 0xFA1, key)))
             pairs.append((batch["blur"], batch["sharp"]))
         return pairs
 
@@ -335,8 +332,6 @@ class Validation:
         Photos up to `DIRECT_PIXELS` go through the network whole, as it sees training crops;
         larger ones are tiled like `msdn deblur` so validation never runs out of memory.
         """
-        from deblur_cli.inference import deblur
-
         if self.pairs is None:
             self.pairs = self._build()
         was_training = generator.training
@@ -361,7 +356,11 @@ class Validation:
 def _autocast(amp: str | None, device: torch.device) -> contextlib.AbstractContextManager:
     if amp is None:
         return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+    return torch.autocast(device.type, dtype=AMP_DTYPES[amp])
+
+
+def _to_uint8(x: Tensor) -> Tensor:
+    return (x * 255).round().to(torch.uint8).cpu()
 
 
 def _centre(x: Tensor, size: int) -> Tensor:
@@ -486,7 +485,7 @@ def _train(config: TrainConfig, model_config: MSDNConfig, checkpoint: dict[str, 
     emit = callback or (lambda event: None)
     device = _select_device(config.device, ddp.local_rank)
     amp_dtype = _amp_dtype(config.amp, device)
-    amp_name = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(amp_dtype)  # type: ignore[arg-type]
+    amp_name = next((name for name, dtype in AMP_DTYPES.items() if dtype == amp_dtype), None)
     channels_last = config.channels_last if config.channels_last is not None else device.type == "cuda"
     split = prepare_data(config)
     content_fn = _content_loss(config, device) if config.content_weight > 0 else None
@@ -551,11 +550,6 @@ def _train(config: TrainConfig, model_config: MSDNConfig, checkpoint: dict[str, 
           "amp": amp_name or "none", "parameters": count_parameters(generator), "world_size": ddp.world,
           "steps_per_epoch": sampler.steps_per_epoch, "run_dir": str(run_dir)})
 
-    def autocast() -> contextlib.AbstractContextManager:
-        if amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device.type, dtype=amp_dtype)
-
     def save(step: int) -> Path:
         state = {
             "generator": generator.state_dict(), "opt_g": opt_g.state_dict(), "sched_g": sched_g.state_dict(),
@@ -576,7 +570,7 @@ def _train(config: TrainConfig, model_config: MSDNConfig, checkpoint: dict[str, 
     for step, batch in _batches(loader, sampler, step, total):
         blurred, sharp = _make_pair(batch, config, device, step, ddp.rank, channels_last)
         record: dict[str, Any] = {"event": "step", "step": step + 1, "lr": opt_g.param_groups[0]["lr"]}
-        with autocast():
+        with _autocast(amp_name, device):
             fake = g_forward(blurred)
 
         if d_train is not None and critic is not None and opt_d is not None:
@@ -585,7 +579,7 @@ def _train(config: TrainConfig, model_config: MSDNConfig, checkpoint: dict[str, 
                 alpha = torch.rand(sharp.shape[0], 1, 1, 1, device=device)
                 x_hat = L.interpolate(sharp, fake.float(), alpha)
                 # one critic pass over real, fake and interpolates (one DDP forward per backward)
-                with autocast():
+                with _autocast(amp_name, device):
                     scores = d_train(torch.cat([sharp, fake.detach().to(sharp.dtype), x_hat]))
                 real_s, fake_s, hat_s = scores.float().chunk(3)
                 gp = L.gradient_penalty(hat_s, x_hat, config.gp_weight)
@@ -597,7 +591,7 @@ def _train(config: TrainConfig, model_config: MSDNConfig, checkpoint: dict[str, 
 
         opt_g.zero_grad(set_to_none=True)
         loss_g = torch.zeros((), device=device)
-        with autocast():
+        with _autocast(amp_name, device):
             if content_fn is not None:
                 content = content_fn(fake.float(), sharp)
                 loss_g = loss_g + config.content_weight * content
@@ -639,10 +633,10 @@ def _train(config: TrainConfig, model_config: MSDNConfig, checkpoint: dict[str, 
                     log.write(val_record)
                 emit(val_record)
             if ddp.world > 1:
-                best = _broadcast_float(best, device)
+                best = _broadcast(best)
                 dist.barrier()
             tick = time.perf_counter()
-        out_of_time = _out_of_time(started, config.max_minutes, ddp, device)
+        out_of_time = _out_of_time(started, config.max_minutes, ddp)
         if step % config.checkpoint_every == 0 or step == total or out_of_time:
             rngs = _gather_rng(ddp)
             if ddp.main:
@@ -669,12 +663,12 @@ def _train(config: TrainConfig, model_config: MSDNConfig, checkpoint: dict[str, 
                        generator=generator)
 
 
-def _out_of_time(started: float, max_minutes: float | None, ddp: _Dist, device: torch.device) -> bool:
+def _out_of_time(started: float, max_minutes: float | None, ddp: _Dist) -> bool:
     """Whether the wall-time budget is spent; rank 0's clock decides so every rank stops together."""
     if max_minutes is None:
         return False
     over = float(time.perf_counter() - started >= 60 * max_minutes)
-    return bool(_broadcast_float(over, device)) if ddp.world > 1 else bool(over)
+    return bool(_broadcast(over)) if ddp.world > 1 else bool(over)
 
 
 def _gather_rng(ddp: _Dist) -> dict[str, Any] | list[dict[str, Any]]:
@@ -687,7 +681,8 @@ def _gather_rng(ddp: _Dist) -> dict[str, Any] | list[dict[str, Any]]:
     return states
 
 
-def _broadcast_float(value: float | None, device: torch.device) -> float | None:
+def _broadcast(value: float | None) -> float | None:
+    """Rank 0's value on every rank."""
     box = [value]
     dist.broadcast_object_list(box, src=0)
     return box[0]
