@@ -87,11 +87,7 @@ def _sibling_config(path: Path) -> MSDNConfig | None:
 def read_config(path: Path) -> MSDNConfig:
     """The config from a file's metadata, else from a sibling config.json."""
     path = Path(path)
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise MsdnError(f"{path} is not a readable safetensors file ({exc})") from None
+    meta = read_metadata(path)
     if CONFIG_KEY in meta:
         return _config_from(meta[CONFIG_KEY], f"{path} metadata")
     config = _sibling_config(path)
