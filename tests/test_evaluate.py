@@ -96,6 +96,8 @@ def gopro(root: Path, sequences: dict[str, int], blur_folder: str = "blur", spli
 
 def run(*args: object) -> object:
     result = runner.invoke(app, [str(a) for a in args], env={"COLUMNS": "200"})
+    # CliRunner catches exceptions instead of printing tracebacks: a crash shows up only here
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
     return result
 
 
