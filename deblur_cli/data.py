@@ -271,6 +271,21 @@ def augment(images: list[Tensor], crop: int, generator: torch.Generator, flips: 
     return out
 
 
+def _read_sample(sample: Sample) -> list[Tensor]:
+    """[sharp] or [sharp, blur] as uint8 (3, H, W) tensors of the same size."""
+    images = [read_rgb(sample.sharp)] + ([read_rgb(sample.blur)] if sample.blur is not None else [])
+    if len(images) == 2 and images[0].shape != images[1].shape:
+        raise MsdnError(f"size mismatch between {sample.blur} and {sample.sharp}")
+    return images
+
+
+def _item(images: list[Tensor], key: int) -> dict[str, Tensor | int]:
+    item: dict[str, Tensor | int] = {"sharp": images[0], "key": key}
+    if len(images) == 2:
+        item["blur"] = images[1]
+    return item
+
+
 class CropDataset(Dataset):
     """key -> {"sharp", ["blur"], "key"}: uint8 (3, crop, crop) crops of file `key % n`.
 
@@ -285,16 +300,9 @@ class CropDataset(Dataset):
         return len(self.samples)
 
     def __getitem__(self, key: int) -> dict[str, Tensor | int]:
-        sample = self.samples[key % len(self.samples)]
-        images = [read_rgb(sample.sharp)] + ([read_rgb(sample.blur)] if sample.blur is not None else [])
-        if len(images) == 2 and images[0].shape != images[1].shape:
-            raise MsdnError(f"size mismatch between {sample.blur} and {sample.sharp}")
+        images = _read_sample(self.samples[key % len(self.samples)])
         generator = torch.Generator().manual_seed(mix_seed(self.seed, key))
-        crops = augment(images, self.crop, generator, self.flips)
-        item: dict[str, Tensor | int] = {"sharp": crops[0], "key": key}
-        if len(crops) == 2:
-            item["blur"] = crops[1]
-        return item
+        return _item(augment(images, self.crop, generator, self.flips), key)
 
 
 class WholeDataset(Dataset):
@@ -307,13 +315,7 @@ class WholeDataset(Dataset):
         return len(self.samples)
 
     def __getitem__(self, index: int) -> dict[str, Tensor | int]:
-        sample = self.samples[index]
-        item: dict[str, Tensor | int] = {"sharp": read_rgb(sample.sharp), "key": index}
-        if sample.blur is not None:
-            item["blur"] = read_rgb(sample.blur)
-            if item["blur"].shape != item["sharp"].shape:
-                raise MsdnError(f"size mismatch between {sample.blur} and {sample.sharp}")
-        return item
+        return _item(_read_sample(self.samples[index]), index)
 
 
 class EpochSampler(Sampler[int]):
