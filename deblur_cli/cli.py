@@ -226,12 +226,12 @@ def _say(message: str) -> None:
     console.print(message, highlight=False, soft_wrap=True)
 
 
-def _size(n: int) -> str:
-    for unit in ("B", "kB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
+def _size(n: float) -> str:
+    for unit in ("B", "kB", "MB"):
+        if n < 1000:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1000
-    return f"{n} B"
+    return f"{n:.1f} GB"
 
 
 def _metrics_text(metrics: dict[str, float]) -> str:
@@ -262,7 +262,7 @@ def weights_list() -> None:
     manifest = w.load_manifest()
     if not manifest.models:
         _say("No published models in the weights manifest yet. Use --weights PATH with a file from "
-                      "`msdn train` + `msdn weights export`.")
+             "`msdn train` + `msdn weights export`.")
         return
     settings = w.hub_settings()
     table = Table(title="MSDN generator weights")
@@ -327,12 +327,12 @@ def weights_verify(
 ) -> None:
     """Check local copies against the manifest's sha256 and size (exit 1 on any mismatch)."""
     from deblur_cli import weights as w
+    from deblur_cli.model import count_parameters
 
     if weights is not None:
-        model = w.load_generator(weights=weights)
-        params = sum(p.numel() for p in model.parameters())
+        params = count_parameters(w.load_generator(weights=weights))
         _say(f"[green]ok[/] {weights}: loads strictly as an MSDN with {params:,} parameters; "
-                      f"sha256 {w.sha256_file(weights)}, {weights.stat().st_size} bytes")
+             f"sha256 {w.sha256_file(weights)}, {weights.stat().st_size} bytes")
         return
     manifest = w.load_manifest()
     entries = [manifest.entry(name)] if name is not None else list(manifest.models)
@@ -664,7 +664,8 @@ def train_command(
         fft_weight=fft_weight, adv_weight=adv_weight, critic_updates=critic_updates, lr=lr,
         vgg_weights=str(vgg_weights) if vgg_weights else None, checkpoint_dir=str(checkpoint_dir),
         checkpoint_every=checkpoint_every, val_every=val_every, export=str(export) if export else None,
-        max_minutes=max_minutes, device=device, amp=amp, compile=compile_model, channels_last=channels_last, workers=workers, seed=seed,
+        max_minutes=max_minutes, device=device, amp=amp, compile=compile_model, channels_last=channels_last,
+        workers=workers, seed=seed,
     )
     try:
         model_config = MSDNConfig(growth_rate=growth_rate, stem_channels=stem_channels, pyramid=not no_pyramid)
