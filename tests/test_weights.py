@@ -434,6 +434,21 @@ def test_list_info_and_verify(online, tmp_path, manifest, monkeypatch):
     assert unknown.exit_code == 1 and "known models: tiny, other" in unknown.output
 
 
+def test_verify_a_local_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "250")
+    path = tmp_path / "mine.safetensors"
+    model = tiny_model()
+    w.save_weights(path, model.state_dict(), TINY)
+    ok = runner.invoke(app, ["weights", "verify", "--weights", str(path)])
+    params = sum(p.numel() for p in model.parameters())
+    assert ok.exit_code == 0, ok.output
+    assert f"{params:,} parameters" in ok.stderr and w.sha256_file(path) in ok.stderr
+    path.write_bytes(path.read_bytes()[:100])  # truncated
+    broken = runner.invoke(app, ["weights", "verify", "--weights", str(path)])
+    assert broken.exit_code == 1 and "not a readable safetensors file" in broken.output
+    assert "Traceback" not in broken.output
+
+
 def test_export_round_trip_and_push_to_the_hub(online, tmp_path, manifest):
     model = tiny_model(5)
     ckpt = tmp_path / "run" / "best.pt"
