@@ -197,7 +197,7 @@ def test_level_table_and_steps_suggestion() -> None:
 
 def test_manifest_apply_refuses_below_target(tmp_path: Path) -> None:
     from deblur_cli.model import MSDN, MSDNConfig
-    from deblur_cli.weights import save_weights
+    from deblur_cli.weights import load_manifest, save_weights
 
     config = MSDNConfig(stem_channels=8, growth_rate=4, encoder_layers=(1, 1), bottleneck_layers=1,
                         decoder_layers=(1, 1), pyramid_pools=(2, 4))
@@ -212,8 +212,17 @@ def test_manifest_apply_refuses_below_target(tmp_path: Path) -> None:
     assert "below" in manifest_entry.apply(low, weights, manifest, allow_below_target=False)
     assert json.loads(manifest.read_text())["default"] is None and not (tmp_path / "weights" / "m.safetensors").exists()
 
-    high = manifest_entry.build_entry(weights, _report(3.2), "m")
+    unpinned = manifest_entry.build_entry(weights, _report(3.2), "m")  # no Hub commit yet: msdn would refuse it
+    assert "--revision" in manifest_entry.apply(unpinned, weights, manifest, allow_below_target=False)
+    assert json.loads(manifest.read_text())["default"] is None
+
+    high = manifest_entry.build_entry(weights, _report(3.2), "m", repo_id="me/msdn", revision="c" * 40)
     assert manifest_entry.apply(high, weights, manifest, allow_below_target=False) is None
     data = json.loads(manifest.read_text())
     assert data["default"] == "m" and data["models"][0]["sha256"] == high["sha256"]
     assert (tmp_path / "weights" / "m.safetensors").read_bytes() == weights.read_bytes()
+    assert load_manifest(manifest).entry().sha256 == high["sha256"]  # msdn itself accepts the result
+
+    odd = {**high, "licence_note": "x"}  # a field the manifest schema does not know is refused, not written
+    assert "unknown field 'licence_note'" in manifest_entry.apply(odd, weights, manifest, allow_below_target=False)
+    assert json.loads(manifest.read_text()) == data
