@@ -44,6 +44,14 @@ def encode(path: Path, long_side: int, quality: int) -> bytes:
         return buf.getvalue()
 
 
+def _is_pack(folder: Path) -> bool:
+    """Whether `folder` is an earlier output of this script (its manifest records the packing)."""
+    try:
+        return "packed" in json.loads((folder / "manifest.json").read_text())
+    except (OSError, ValueError, TypeError):
+        return False
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--photos", type=Path, default=REPO / "data" / "photos", help="output of get_photos.py")
@@ -55,6 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     manifest_path = args.photos / "manifest.json"
     if not manifest_path.is_file():
         print(f"error: {manifest_path} not found (run scripts/get_photos.py first)", file=sys.stderr)
+        return 1
+    if args.out.exists() and any(args.out.iterdir()) and not _is_pack(args.out):
+        print(f"error: {args.out} holds files that are not a previous pack; choose another --out", file=sys.stderr)
         return 1
     manifest = json.loads(manifest_path.read_text())
     photos = manifest["photos"]
@@ -70,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     if chosen is None:
         print(f"error: cannot fit {len(photos)} photos in {args.budget_mib} MiB", file=sys.stderr)
         return 1
-    if args.out.exists():
+    if args.out.exists():  # an empty folder or an earlier pack (checked above): replaced whole
         shutil.rmtree(args.out)
     for split in ("train", "val"):
         (args.out / split).mkdir(parents=True, exist_ok=True)

@@ -171,6 +171,12 @@ def test_pack_data_fits_the_budget(tmp_path: Path) -> None:
     assert sum(p.stat().st_size for p in out.rglob("*")) <= 1 << 20
     assert json.loads((out / "manifest.json").read_text())["packed"]["long_side"] == 1600
     assert pack_data.main(["--photos", str(tmp_path / "photos"), "--out", str(out), "--budget-mib", "0.01"]) == 1
+    assert pack_data.main(["--photos", str(tmp_path / "photos"), "--out", str(out), "--budget-mib", "1"]) == 0
+    mine = tmp_path / "mine"  # a folder of someone's files is never deleted to make room for a pack
+    mine.mkdir()
+    (mine / "keep.txt").write_text("precious")
+    assert pack_data.main(["--photos", str(tmp_path / "photos"), "--out", str(mine), "--budget-mib", "1"]) == 1
+    assert (mine / "keep.txt").read_text() == "precious"
 
 
 # --- comparison and manifest entry ---------------------------------------------------------------
