@@ -122,6 +122,17 @@ def iter_jpegs(buf: bytes) -> Iterator[tuple[int, bytes, tuple[int, int]]]:
         pos = end
 
 
+def encode_jpeg(im: Image.Image, quality: int) -> bytes:
+    """Optimised 4:4:4 JPEG bytes (4:4:4 keeps colour edges sharp for training)."""
+    buf = io.BytesIO()
+    try:
+        im.save(buf, "JPEG", quality=quality, subsampling=0, optimize=True)
+    except OSError:  # libjpeg cannot optimise some very noisy images in one buffer
+        buf = io.BytesIO()
+        im.save(buf, "JPEG", quality=quality, subsampling=0)
+    return buf.getvalue()
+
+
 def largest_jpeg(buf: bytes) -> bytes | None:
     best = max(iter_jpegs(buf), key=lambda t: t[2][0] * t[2][1], default=None)
     return None if best is None else best[1]
@@ -320,18 +331,13 @@ def process_source(key: str, source: dict, cfg: dict, work: Path, cache: Path, u
         split_key = group_of(pid, cfg.get("groups", {}))
         size = output_size(rgb.size, cfg["long_side"])
         out = rgb.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0) if size != rgb.size else rgb
-        buf = io.BytesIO()
-        try:
-            out.save(buf, "JPEG", quality=cfg["jpeg_quality"], subsampling=0, optimize=True)
-        except OSError:  # libjpeg cannot optimise some very noisy images in one buffer
-            buf = io.BytesIO()
-            out.save(buf, "JPEG", quality=cfg["jpeg_quality"], subsampling=0)
+        jpeg = encode_jpeg(out, cfg["jpeg_quality"])
         split = split_of(split_key, cfg["val_fraction"], cfg["split_salt"])
         entry = Entry(file=f"{split}/{pid}.jpg", id=pid, source=key, package_version=version,
                       original_path=rel, licence=licence_for(name, rel, source), width=size[0], height=size[1],
                       original_width=rgb.size[0], original_height=rgb.size[1], split=split, flat=m.flat,
-                      sharp=m.sharp, reviewed=reviewed, sha256=hashlib.sha256(buf.getvalue()).hexdigest())
-        yield name, reason, entry, buf.getvalue()
+                      sharp=m.sharp, reviewed=reviewed, sha256=hashlib.sha256(jpeg).hexdigest())
+        yield name, reason, entry, jpeg
 
 
 # ---------------------------------------------------------------- review sheets

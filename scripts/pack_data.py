@@ -10,7 +10,6 @@ The layout mirrors `data/photos`: OUT/{train,val}/NAME.jpg plus OUT/manifest.jso
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import shutil
 import sys
@@ -20,6 +19,8 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from get_photos import encode_jpeg  # noqa: E402
+
 from deblur_cli.files import atomic_path, atomic_write_bytes  # noqa: E402
 
 # (long side, JPEG quality) tried in order; 4:4:4 chroma keeps colour edges sharp for training
@@ -35,13 +36,7 @@ def encode(path: Path, long_side: int, quality: int) -> bytes:
         if scale < 1.0:
             im = im.resize((round(im.width * scale), round(im.height * scale)), Image.Resampling.LANCZOS,
                            reducing_gap=3.0)
-        buf = io.BytesIO()
-        try:
-            im.save(buf, "JPEG", quality=quality, subsampling=0, optimize=True)
-        except OSError:  # libjpeg cannot optimise some very noisy images in one buffer
-            buf = io.BytesIO()
-            im.save(buf, "JPEG", quality=quality, subsampling=0)
-        return buf.getvalue()
+        return encode_jpeg(im, quality)
 
 
 def _is_pack(folder: Path) -> bool:
