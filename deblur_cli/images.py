@@ -28,7 +28,7 @@ import torch
 from PIL import Image, ImageCms, ImageFile, UnidentifiedImageError, features
 from torch import Tensor
 
-from deblur_cli.errors import MsdnError
+from deblur_cli.errors import MsdnError, first_line
 from deblur_cli.files import atomic_path
 
 # Extensions read from directories and written by `save_image`, with the Pillow format each writes.
@@ -128,10 +128,10 @@ def load_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> LoadedImage:
         except MsdnError:
             raise
         except Image.DecompressionBombError as exc:
-            raise MsdnError(f"{path}: {_first_line(exc)}") from None
+            raise MsdnError(f"{path}: {first_line(exc)}") from None
         except _DECODE_ERRORS as exc:
             raise MsdnError(f"{path}: cannot decode the image, it may be truncated or corrupt "
-                            f"({_first_line(exc)})") from None
+                            f"({first_line(exc)})") from None
     planes = _orient(planes, orientation)
     rgb = planes[..., :3]
     alpha = planes[..., 3:] if planes.shape[-1] == 4 else None
@@ -169,11 +169,11 @@ def _open(path: Path, max_pixels: int) -> Iterator[Image.Image]:
             try:
                 im = Image.open(path)
             except Image.DecompressionBombError as exc:
-                raise MsdnError(f"{path} is over the pixel limit ({_first_line(exc)}); raise --max-pixels to allow it") from None
+                raise MsdnError(f"{path} is over the pixel limit ({first_line(exc)}); raise --max-pixels to allow it") from None
             except UnidentifiedImageError:
                 raise MsdnError(f"{path} is not an image file Pillow can read") from None
             except _DECODE_ERRORS as exc:
-                raise MsdnError(f"{path}: cannot read the image header ({_first_line(exc)})") from None
+                raise MsdnError(f"{path}: cannot read the image header ({first_line(exc)})") from None
             with im:
                 w, h = im.size
                 if w * h > max_pixels:
@@ -337,7 +337,7 @@ def _write(path: Path, writer) -> None:  # noqa: ANN001 - a callable taking the 
         with atomic_path(path) as tmp:
             writer(tmp)
     except OSError as exc:
-        raise MsdnError(f"cannot write {path}: {exc.strerror or _first_line(exc)}") from None
+        raise MsdnError(f"cannot write {path}: {exc.strerror or first_line(exc)}") from None
 
 
 def _save_pil(path: Path, image: Image.Image, fmt: str, *, quality: int, icc_profile: bytes | None,
@@ -467,8 +467,3 @@ def _tensor_to_hwc(t: Tensor) -> np.ndarray:
             raise ValueError(f"expected one image, got a batch of {t.shape[0]}")
         t = t[0]
     return t.permute(1, 2, 0).numpy()
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

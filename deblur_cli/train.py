@@ -651,7 +651,7 @@ def _train(config: TrainConfig, model_config: MSDNConfig, checkpoint: dict[str, 
     if ddp.main:
         if not (run_dir / BEST).is_file():  # no validation ran: the last generator is the result
             _export(run_dir / BEST, generator, model_config, step, None)
-        if config.export:
+        if config.export and step == total:  # a slice stopped by --max-minutes exports when the run ends
             exported = Path(config.export)
             exported.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_bytes(exported, (run_dir / BEST).read_bytes())

@@ -241,10 +241,12 @@ def test_time_limit_stops_with_a_checkpoint_that_resumes(photos: Path, tmp_path:
     run = tmp_path / "run"
     events = Recorder()
     # A budget of ~0 minutes: the first step spends it, so the run checkpoints and stops at step 1.
-    result = T.train(tiny_config(photos, run, steps=6, checkpoint_every=100, max_minutes=1e-9), TINY,
-                     callback=events)
-    assert result.step == 1
+    export = tmp_path / "out" / "g.safetensors"
+    result = T.train(tiny_config(photos, run, steps=6, checkpoint_every=100, max_minutes=1e-9, export=str(export)),
+                     TINY, callback=events)
+    assert result.step == 1 and result.exported is None and not export.exists()  # unfinished: nothing exported
     assert [e["step"] for e in events.events if e["event"] == "time_limit"] == [1]
     assert T.load_checkpoint(run / T.CHECKPOINT)["step"] == 1
-    resumed = T.train(tiny_config(photos, run, steps=6, checkpoint_every=100), TINY, resume=run / T.CHECKPOINT)
-    assert resumed.step == 6
+    resumed = T.train(tiny_config(photos, run, steps=6, checkpoint_every=100, export=str(export)), TINY,
+                      resume=run / T.CHECKPOINT)
+    assert resumed.step == 6 and resumed.exported == export and export.is_file()
