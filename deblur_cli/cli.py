@@ -69,11 +69,14 @@ def _root(
 # --- deblur ---
 
 
-def _deblur_settings(tile: int, overlap: int, batch_size: int, amp: str, quality: int, max_pixels: int | None):
+def _deblur_settings(tile: int | None, overlap: int | None, batch_size: int, amp: str, quality: int,
+                     max_pixels: int | None, model: str | None, weights: Path | None):
     from deblur_cli.images import DEFAULT_MAX_PIXELS
-    from deblur_cli.pipeline import DeblurSettings, parse_amp
+    from deblur_cli.pipeline import DeblurSettings, parse_amp, recommended_tiling
 
-    return DeblurSettings(tile=tile, overlap=overlap, batch_size=batch_size, amp=parse_amp(amp), quality=quality,
+    rec_tile, rec_overlap = recommended_tiling(model, weights)
+    return DeblurSettings(tile=rec_tile if tile is None else tile, overlap=rec_overlap if overlap is None else overlap,
+                          batch_size=batch_size, amp=parse_amp(amp), quality=quality,
                           max_pixels=DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels)
 
 
@@ -109,8 +112,11 @@ _WEIGHTS_OPT = typer.Option(None, "--weights", help="Generator weights file (.sa
 _MODEL_OPT = typer.Option(None, "--model", help="Model name from `msdn weights list` (default: the manifest's).")
 _OFFLINE_OPT = typer.Option(False, "--offline", help="Never download; use bundled or cached weights only.")
 _DEVICE_OPT = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps.")
-_TILE_OPT = typer.Option(256, "--tile", help="Tile size in pixels (smaller uses less memory).")
-_OVERLAP_OPT = typer.Option(32, "--overlap", help="Pixels shared by neighbouring tiles, blended to hide seams.")
+_TILE_OPT = typer.Option(None, "--tile", show_default=False,
+                         help="Tile size in pixels; smaller uses less memory (default: the model's, else 256).")
+_OVERLAP_OPT = typer.Option(None, "--overlap", show_default=False,
+                            help="Pixels shared by neighbouring tiles, blended to hide seams (default: the model's, "
+                            "else 32).")
 _BATCH_OPT = typer.Option(4, "--batch-size", help="Tiles per forward pass.")
 _AMP_OPT = typer.Option("none", "--amp", help="Mixed precision on CUDA: none, bf16 or fp16.")
 _QUALITY_OPT = typer.Option(95, "--quality", min=1, max=100, help="JPEG / WebP quality of the output.")
@@ -128,8 +134,8 @@ def deblur_command(
     model: str | None = _MODEL_OPT,
     offline: bool = _OFFLINE_OPT,
     device: str = _DEVICE_OPT,
-    tile: int = _TILE_OPT,
-    overlap: int = _OVERLAP_OPT,
+    tile: int | None = _TILE_OPT,
+    overlap: int | None = _OVERLAP_OPT,
     batch_size: int = _BATCH_OPT,
     amp: str = _AMP_OPT,
     quality: int = _QUALITY_OPT,
@@ -145,7 +151,7 @@ def deblur_command(
     check_input_file(image)
     target = output if output is not None else default_output(image)
     check_output(image, target, overwrite=overwrite)
-    settings = _deblur_settings(tile, overlap, batch_size, amp, quality, max_pixels)
+    settings = _deblur_settings(tile, overlap, batch_size, amp, quality, max_pixels, model, weights)
     generator = _load_deblur_model(model, weights, offline, device)
     start = time.perf_counter()
     with _tile_bar() as (bar, task):
@@ -170,8 +176,8 @@ def deblur_dir_command(
     model: str | None = _MODEL_OPT,
     offline: bool = _OFFLINE_OPT,
     device: str = _DEVICE_OPT,
-    tile: int = _TILE_OPT,
-    overlap: int = _OVERLAP_OPT,
+    tile: int | None = _TILE_OPT,
+    overlap: int | None = _OVERLAP_OPT,
     batch_size: int = _BATCH_OPT,
     amp: str = _AMP_OPT,
     quality: int = _QUALITY_OPT,
@@ -188,7 +194,7 @@ def deblur_dir_command(
     out_dir = output if output is not None else default_output_dir(directory)
     jobs = plan_directory(directory, out_dir, recursive=recursive, extensions=parse_extensions(ext), fmt=fmt,
                           overwrite=overwrite)
-    settings = _deblur_settings(tile, overlap, batch_size, amp, quality, max_pixels)
+    settings = _deblur_settings(tile, overlap, batch_size, amp, quality, max_pixels, model, weights)
     generator = _load_deblur_model(model, weights, offline, device)
     start = time.perf_counter()
     current = [0]

@@ -53,6 +53,16 @@ def parse_amp(value: str) -> str | None:
     return None if choice == "none" else choice
 
 
+def recommended_tiling(model: str | None = None, weights: Path | None = None) -> tuple[int, int]:
+    """The manifest entry's tile and overlap for a named model; 256 / 32 for a file given by path."""
+    if weights is not None:
+        return DeblurSettings.tile, DeblurSettings.overlap
+    from deblur_cli.weights import load_manifest
+
+    entry = load_manifest().entry(model)
+    return entry.tile, entry.overlap
+
+
 def load_model(model: str | None = None, weights: Path | None = None, offline: bool = False,
                device: str = "auto", download_progress: Progress | None = None) -> MSDN:
     """The generator, fused and on its device; the device is checked first so a typo fails before a download."""

@@ -527,3 +527,15 @@ def test_export_from_a_trained_safetensors_keeps_its_metrics(tmp_path):
     assert result.entry["metrics"] == {"val_psnr": 24.5}
     assert "| val_psnr | 24.5 |" in result.readme.read_text() and "500" in result.readme.read_text()
     assert torch.equal(outputs(w.load_generator(weights=result.weights)), outputs(model))
+
+
+def test_deblur_tiling_defaults_come_from_the_manifest_entry(online, manifest, tmp_path):
+    from deblur_cli.pipeline import recommended_tiling
+
+    entry, _ = publish(online, tmp_path)
+    manifest([{**entry, "tile": 128, "overlap": 16}], default="tiny")
+    assert recommended_tiling("tiny") == (128, 16)
+    assert recommended_tiling(None) == (128, 16)  # the default model's
+    assert recommended_tiling(None, weights=tmp_path / "any.safetensors") == (256, 32)  # a file: the tool's defaults
+    with pytest.raises(MsdnError, match="unknown model 'nope'"):
+        recommended_tiling("nope")
