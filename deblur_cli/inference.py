@@ -89,7 +89,7 @@ def deblur(
         raise ValueError(f"expected a (1, C, H, W) image, got shape {tuple(image.shape)}")
     param = next(model.parameters())
     device = param.device
-    autocast = _autocast(amp, device)
+    amp_context = autocast(amp, device)
     memory_format = torch.channels_last if _is_channels_last(model) else torch.contiguous_format
 
     image = image.detach().to("cpu", torch.float32)
@@ -109,7 +109,7 @@ def deblur(
         for done, batch in _batches(grid, batch_size):
             tiles = torch.cat([_gather(image, rows[r], cols[c]) for r, c in batch])
             tiles = tiles.to(device, non_blocking=True).contiguous(memory_format=memory_format)
-            with autocast:
+            with amp_context:
                 result = model(tiles)
             result = result.float()
             for k, (r, c) in enumerate(batch):
@@ -119,7 +119,8 @@ def deblur(
     return output.clamp_(0.0, 1.0)
 
 
-def _autocast(amp: str | None, device: torch.device) -> contextlib.AbstractContextManager:
+def autocast(amp: str | None, device: torch.device) -> contextlib.AbstractContextManager:
+    """The mixed-precision context for `amp` (None, "bf16", "fp16"), refusing what the device cannot do."""
     if amp is None:
         return contextlib.nullcontext()
     if amp not in AMP_DTYPES:

@@ -38,7 +38,7 @@ from deblur_cli import data as D
 from deblur_cli import losses as L
 from deblur_cli.errors import MsdnError
 from deblur_cli.files import atomic_path, atomic_write_bytes
-from deblur_cli.inference import AMP_DTYPES, deblur, select_device
+from deblur_cli.inference import autocast, deblur, select_device
 from deblur_cli.metrics import psnr, ssim
 from deblur_cli.model import MSDN, MSDNConfig, count_parameters
 from deblur_cli.weights import config_json, save_weights, torch_load
@@ -210,18 +210,14 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     return checkpoint
 
 
-def _amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+def _amp_name(amp: str, device: torch.device) -> str | None:
+    """Resolve "auto" (bf16 on CUDA where supported, else fp16; none off CUDA); `inference.autocast`
+    checks explicit choices against the device."""
     if amp == "auto":
-        if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return None
-    if amp == "none":
-        return None
-    if device.type != "cuda":
-        raise MsdnError(f"--amp {amp} needs a CUDA device; on {device.type} use --amp none")
-    if amp == "bf16" and not torch.cuda.is_bf16_supported():
-        raise MsdnError("this GPU does not support bf16; use --amp fp16")
-    return torch.bfloat16 if amp == "bf16" else torch.float16
+        if device.type != "cuda":
+            return None
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return None if amp == "none" else amp
 
 
 def _select_device(name: str, local_rank: int | None) -> torch.device:
@@ -341,7 +337,7 @@ class Validation:
             for blurred, sharp in self.pairs:
                 image = blurred.float() / 255.0
                 if image.shape[-2] * image.shape[-1] <= DIRECT_PIXELS:
-                    with torch.no_grad(), _autocast(amp, self.device):
+                    with torch.no_grad(), autocast(amp, self.device):
                         out = generator(image.to(self.device)).float().cpu()
                 else:
                     out = deblur(generator, image, tile=512, overlap=64, amp=amp)
@@ -351,12 +347,6 @@ class Validation:
         finally:
             generator.train(was_training)
         return sum(scores_p) / len(scores_p), sum(scores_s) / len(scores_s)
-
-
-def _autocast(amp: str | None, device: torch.device) -> contextlib.AbstractContextManager:
-    if amp is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=AMP_DTYPES[amp])
 
 
 def _to_uint8(x: Tensor) -> Tensor:
@@ -484,8 +474,8 @@ def _train(config: TrainConfig, model_config: MSDNConfig, checkpoint: dict[str, 
            callback: Callback | None) -> TrainResult:
     emit = callback or (lambda event: None)
     device = _select_device(config.device, ddp.local_rank)
-    amp_dtype = _amp_dtype(config.amp, device)
-    amp_name = next((name for name, dtype in AMP_DTYPES.items() if dtype == amp_dtype), None)
+    amp_name = _amp_name(config.amp, device)
+    autocast(amp_name, device)  # refuse an impossible --amp before any data is read
     channels_last = config.channels_last if config.channels_last is not None else device.type == "cuda"
     split = prepare_data(config)
     content_fn = _content_loss(config, device) if config.content_weight > 0 else None
@@ -507,7 +497,7 @@ def _train(config: TrainConfig, model_config: MSDNConfig, checkpoint: dict[str, 
     sched_g = torch.optim.lr_scheduler.LambdaLR(opt_g, factor)
     opt_d = torch.optim.Adam(critic.parameters(), lr=config.lr, betas=config.betas) if critic else None
     sched_d = torch.optim.lr_scheduler.LambdaLR(opt_d, factor) if opt_d else None
-    use_scaler = amp_dtype == torch.float16
+    use_scaler = amp_name == "fp16"
     scaler_g = torch.amp.GradScaler(device.type, enabled=use_scaler)
     scaler_d = torch.amp.GradScaler(device.type, enabled=use_scaler)
 
@@ -570,7 +560,7 @@ def _train(config: TrainConfig, model_config: MSDNConfig, checkpoint: dict[str, 
     for step, batch in _batches(loader, sampler, step, total):
         blurred, sharp = _make_pair(batch, config, device, step, ddp.rank, channels_last)
         record: dict[str, Any] = {"event": "step", "step": step + 1, "lr": opt_g.param_groups[0]["lr"]}
-        with _autocast(amp_name, device):
+        with autocast(amp_name, device):
             fake = g_forward(blurred)
 
         if d_train is not None and critic is not None and opt_d is not None:
@@ -579,7 +569,7 @@ def _train(config: TrainConfig, model_config: MSDNConfig, checkpoint: dict[str, 
                 alpha = torch.rand(sharp.shape[0], 1, 1, 1, device=device)
                 x_hat = L.interpolate(sharp, fake.float(), alpha)
                 # one critic pass over real, fake and interpolates (one DDP forward per backward)
-                with _autocast(amp_name, device):
+                with autocast(amp_name, device):
                     scores = d_train(torch.cat([sharp, fake.detach().to(sharp.dtype), x_hat]))
                 real_s, fake_s, hat_s = scores.float().chunk(3)
                 gp = L.gradient_penalty(hat_s, x_hat, config.gp_weight)
@@ -591,7 +581,7 @@ def _train(config: TrainConfig, model_config: MSDNConfig, checkpoint: dict[str, 
 
         opt_g.zero_grad(set_to_none=True)
         loss_g = torch.zeros((), device=device)
-        with _autocast(amp_name, device):
+        with autocast(amp_name, device):
             if content_fn is not None:
                 content = content_fn(fake.float(), sharp)
                 loss_g = loss_g + config.content_weight * content
