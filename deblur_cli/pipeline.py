@@ -15,11 +15,11 @@ from pathlib import Path
 from deblur_cli.errors import MsdnError
 from deblur_cli.images import (DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, check_output_dir, load_image, output_format,
                                save_image)
+from deblur_cli.inference import AMP_CHOICES
 from deblur_cli.model import MSDN
 from deblur_cli.tiling import validate_tiling
 
 Progress = Callable[[int, int], None]
-AMP_CHOICES = ("none", "bf16", "fp16")
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,7 @@ class DeblurSettings:
     tile: int = 256
     overlap: int = 32
     batch_size: int = 4
-    amp: str | None = None  # None, "bf16" or "fp16"
+    amp: str | None = "auto"  # "auto", None, "bf16" or "fp16"
     quality: int = 95
     max_pixels: int = DEFAULT_MAX_PIXELS
 
@@ -37,8 +37,8 @@ class DeblurSettings:
         validate_tiling(self.tile, self.overlap)
         if self.batch_size < 1:
             raise MsdnError(f"--batch-size must be at least 1, got {self.batch_size}")
-        if self.amp not in (None, "bf16", "fp16"):
-            raise MsdnError(f"unknown --amp {self.amp!r}; use none, bf16 or fp16")
+        if self.amp not in (None, "auto", "bf16", "fp16"):
+            raise MsdnError(f"unknown --amp {self.amp!r}; use auto, none, bf16 or fp16")
         if not 1 <= self.quality <= 100:
             raise MsdnError(f"--quality must be between 1 and 100, got {self.quality}")
         if self.max_pixels < 1:
@@ -46,10 +46,10 @@ class DeblurSettings:
 
 
 def parse_amp(value: str) -> str | None:
-    """The CLI's `none|bf16|fp16` as `deblur`'s amp argument."""
+    """The CLI's `auto|none|bf16|fp16` as `deblur`'s amp argument."""
     choice = value.strip().lower()
     if choice not in AMP_CHOICES:
-        raise MsdnError(f"unknown --amp {value!r}; use none, bf16 or fp16")
+        raise MsdnError(f"unknown --amp {value!r}; use auto, none, bf16 or fp16")
     return None if choice == "none" else choice
 
 

