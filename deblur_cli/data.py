@@ -1,11 +1,11 @@
-"""Training data: folder layouts, resumable sampling, crops/augmentation and synthetic camera shake.
+"""Training data: folder layouts, resumable sampling, crops and augmentation.
 
 Layouts (`find_samples`):
 - GOPRO: `ROOT/train/SEQ/{blur,sharp}/*.png` (or ROOT pointing at a split: `ROOT/SEQ/{blur,sharp}`),
   with `blur_folder` choosing `blur` or `blur_gamma`;
 - paired: `ROOT/{blur,sharp}/` matched by file name (extension ignored);
 - sharp photos only (`synthetic=True`): every image under ROOT, recursively; the blurred input is
-  made on the training device by `synthesize_blur`, so a GPU never waits on CPU blur.
+  made per batch by `deblur_cli.shake` (see `deblur_cli.synthetic`).
 
 Photos smaller than the crop are *skipped and counted*, never upscaled: an upscaled photo is soft,
 and teaching the network that soft is "sharp" is the opposite of what it should learn.
@@ -26,8 +26,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from kornia.color import linear_rgb_to_rgb, rgb_to_linear_rgb
-from kornia.geometry.transform import warp_affine
 from PIL import Image, ImageOps
 from torch import Tensor
 from torch.utils.data import Dataset, Sampler
@@ -47,79 +45,6 @@ def mix_seed(*values: int) -> int:
         h = ((h ^ (h >> 27)) * 0x94D049BB133111EB) & _MASK64
         h ^= h >> 31
     return h & ((1 << 63) - 1)
-
-
-# ---------------------------------------------------------------------------------------------
-# Synthetic camera shake
-# ---------------------------------------------------------------------------------------------
-
-
-def shake_trajectories(batch: int, generator: torch.Generator, strength: tuple[float, float],
-                       frames: int) -> tuple[Tensor, Tensor, Tensor]:
-    """Smooth random camera paths, centred so the middle frame is the identity.
-
-    Returns shifts (B, T, 2) in pixels, angles (B, T) in radians and the path length (B,) in
-    pixels. Translation follows a random cubic through the origin; rotation a random quadratic.
-    The total path (translation arc length plus rotation arc length at `radius`=1 px units, scaled
-    by the caller's image radius) is drawn uniformly from `strength`; up to 30% of it is rotation.
-    """
-    dev = generator.device
-    lo, hi = strength
-    length = lo + (hi - lo) * torch.rand(batch, generator=generator, device=dev)
-    rot_share = 0.3 * torch.rand(batch, generator=generator, device=dev)
-    coeffs = torch.randn(batch, 3, 2, generator=generator, device=dev)  # t, t^2, t^3 terms
-    ang_coeffs = torch.randn(batch, 2, generator=generator, device=dev)  # t, t^2 terms
-    t = torch.linspace(-0.5, 0.5, frames, device=dev)
-    powers = torch.stack([t, t**2, t**3], dim=1)  # (T, 3)
-    shifts = torch.einsum("tk,bkc->btc", powers, coeffs)  # (B, T, 2), zero at t = 0
-    angles = ang_coeffs[:, :1] * t + ang_coeffs[:, 1:] * t**2  # (B, T), zero at t = 0
-    arc = (shifts[:, 1:] - shifts[:, :-1]).norm(dim=-1).sum(dim=1)
-    turn = (angles[:, 1:] - angles[:, :-1]).abs().sum(dim=1)
-    shifts = shifts * (length * (1 - rot_share) / arc.clamp_min(1e-8))[:, None, None]
-    angles = angles * (length * rot_share / turn.clamp_min(1e-8))[:, None]  # radians per px of radius
-    return shifts, angles, length
-
-
-def _frame_count(strength: tuple[float, float], max_frames: int) -> int:
-    """About one frame per pixel of path (so the average looks continuous), odd so a middle exists."""
-    n = min(max(int(math.ceil(strength[1])) + 1, 1), max_frames)
-    return n if n % 2 == 1 else n + 1
-
-
-def synthesize_blur(sharp: Tensor, generator: torch.Generator, strength: tuple[float, float] = (3.0, 30.0),
-                    noise: float = 0.01, max_frames: int = 33) -> tuple[Tensor, Tensor]:
-    """GOPRO-style camera-shake blur: (B, 3, H, W) sharp in [0, 1] -> (blurred, target).
-
-    The image is warped along a smooth random trajectory (translation + in-plane rotation about
-    the centre, `strength` = path length in pixels), the frames are averaged in linear light as a
-    sensor integrates photons, converted back to sRGB, and Gaussian noise with a per-image sigma
-    in [0, noise] is added. The trajectory passes through the identity at its middle frame, so the
-    target is the sharp input itself, pixel-aligned with the blur. Deterministic given the
-    generator's state; use a generator on `sharp`'s device so the noise is drawn there.
-    """
-    b, _, h, w = sharp.shape
-    frames = _frame_count(strength, max_frames)
-    shifts, angles, _ = shake_trajectories(b, generator, strength, frames)
-    sigma = noise * torch.rand(b, generator=generator, device=generator.device)
-    grain = torch.randn(sharp.shape, generator=generator, device=generator.device, dtype=sharp.dtype)
-    shifts, sigma, grain = shifts.to(sharp.device), sigma.to(sharp.device), grain.to(sharp.device)
-    # angles were per pixel of radius: the rotation moves the image corners by that many pixels
-    radius = 0.5 * math.hypot(h, w)
-    angles = (angles / radius).to(sharp.device)
-
-    linear = rgb_to_linear_rgb(sharp.float())
-    centre = torch.tensor([(w - 1) / 2, (h - 1) / 2], device=sharp.device)
-    total = torch.zeros_like(linear)
-    for i in range(frames):
-        cos, sin = torch.cos(angles[:, i]), torch.sin(angles[:, i])
-        rot = torch.stack([torch.stack([cos, -sin], -1), torch.stack([sin, cos], -1)], dim=1)  # (B, 2, 2)
-        offset = centre - (rot @ centre) + shifts[:, i]  # rotate about the centre, then shift
-        matrix = torch.cat([rot, offset[:, :, None]], dim=2)  # (B, 2, 3)
-        total += warp_affine(linear, matrix, (h, w), mode="bilinear", padding_mode="reflection",
-                             align_corners=True)
-    blurred = linear_rgb_to_rgb((total / frames).clamp(0.0, 1.0))
-    blurred = (blurred + sigma[:, None, None, None] * grain).clamp(0.0, 1.0)
-    return blurred.to(sharp.dtype), sharp
 
 
 # ---------------------------------------------------------------------------------------------

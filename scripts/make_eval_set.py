@@ -1,41 +1,36 @@
 #!/usr/bin/env python
-"""Build the fixed blurred validation set from the held-out photos, at three blur levels.
+"""Build the fixed blurred evaluation set from the held-out photos, per blur level and family group.
 
 Why fixed: comparing models (or a model with the blurred input) needs the same blur on the same
-photos every time, so the blur is synthesised once, with a seed per (photo, level) that depends
-only on the photo's name, and written as PNG in the GOPRO layout
+photos every time, so the blur is synthesised once, with a seed per (photo, level, group) that
+depends only on the photo's name, and written as PNG in the GOPRO layout
 
-    OUT/test/{mild,medium,strong}/{blur,sharp}/NAME.png
+    OUT/{train,heldout}/test/{mild,medium,strong,extreme}/{blur,sharp}/NAME.png
 
-so `msdn eval OUT --baseline identity` reports PSNR/SSIM per level. The photos are resized to a
-long side of 1280 px first, because the blur lengths (path length in pixels of the camera-shake
-model in `deblur_cli.data.synthesize_blur`) are defined at 1280x720.
+so `msdn eval OUT/heldout --baseline identity --align 4` reports PSNR/SSIM per level. `train` uses
+the trajectory families training uses, `heldout` the family it never sees (`deblur_cli.shake`).
+The photos are resized to a long side of 1280 px first, because the levels (path length in
+pixels, `deblur_cli.synthetic.LEVELS`) are defined at 1280x720.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import sys
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from PIL import Image, ImageOps
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-from deblur_cli.data import mix_seed, synthesize_blur  # noqa: E402
-from deblur_cli.images import save_rgb, to_tensor  # noqa: E402
+from deblur_cli import shake
+from deblur_cli.images import save_rgb, to_tensor
+from deblur_cli.synthetic import GROUPS, LEVELS, VAL_REALISM, name_seed
 
-LEVELS: dict[str, tuple[float, float]] = {"mild": (3.0, 8.0), "medium": (8.0, 16.0), "strong": (16.0, 30.0)}
 LONG_SIDE = 1280
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png")
-
-
-def photo_seed(seed: int, name: str, level: str) -> int:
-    """Seed for one (photo, level): stable when photos are added or removed."""
-    digest = hashlib.sha256(f"{name}:{level}".encode()).digest()
-    return mix_seed(seed, int.from_bytes(digest[:8], "big"))
+REPO = Path(__file__).resolve().parents[1]
+FOLDERS = {"train": "train", "held-out": "heldout"}  # group -> folder name
 
 
 def load_resized(path: Path, long_side: int = LONG_SIDE) -> torch.Tensor:
@@ -49,10 +44,12 @@ def load_resized(path: Path, long_side: int = LONG_SIDE) -> torch.Tensor:
         return to_tensor(im)
 
 
-def blur_photo(sharp: torch.Tensor, seed: int, strength: tuple[float, float]) -> tuple[torch.Tensor, torch.Tensor]:
-    generator = torch.Generator().manual_seed(seed)
-    blurred, target = synthesize_blur(sharp, generator, strength=strength)
-    return blurred.clamp(0, 1), target.clamp(0, 1)
+def blur_photo(sharp: torch.Tensor, seed: int, lengths: tuple[float, float],
+               families: tuple[str, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """A whole photo blurred by one path of `families`; the border is reflected in for the margin."""
+    m = shake.margin_for(lengths[1])
+    padded = F.pad(sharp, (m, m, m, m), mode="reflect")
+    return shake.blur(padded, families, lengths, torch.Generator().manual_seed(seed), VAL_REALISM)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=REPO / "data" / "eval", help="output root (GOPRO layout)")
     ap.add_argument("--seed", type=int, default=2019)
     ap.add_argument("--long-side", type=int, default=LONG_SIDE)
-    ap.add_argument("--levels", default=",".join(LEVELS), help="comma-separated subset of mild,medium,strong")
+    ap.add_argument("--levels", default=",".join(LEVELS), help=f"comma-separated subset of {','.join(LEVELS)}")
     ap.add_argument("--overwrite", action="store_true", help="rebuild files that already exist")
     args = ap.parse_args(argv)
 
@@ -79,17 +76,19 @@ def main(argv: list[str] | None = None) -> int:
     for path in photos:
         sharp = None
         for level in levels:
-            blur_path = args.out / "test" / level / "blur" / f"{path.stem}.png"
-            sharp_path = args.out / "test" / level / "sharp" / f"{path.stem}.png"
-            if blur_path.is_file() and sharp_path.is_file() and not args.overwrite:
-                continue
-            sharp = load_resized(path, args.long_side) if sharp is None else sharp
-            blurred, target = blur_photo(sharp, photo_seed(args.seed, path.stem, level), LEVELS[level])
-            for p, img in ((blur_path, blurred), (sharp_path, target)):
-                p.parent.mkdir(parents=True, exist_ok=True)
-                save_rgb(p, img)
-            written += 1
-    print(f"{len(photos)} photos x {len(levels)} levels in {args.out / 'test'} ({written} pairs written)",
+            for group, families in GROUPS.items():
+                folder = args.out / FOLDERS[group] / "test" / level
+                blur_path, sharp_path = folder / "blur" / f"{path.stem}.png", folder / "sharp" / f"{path.stem}.png"
+                if blur_path.is_file() and sharp_path.is_file() and not args.overwrite:
+                    continue
+                sharp = load_resized(path, args.long_side) if sharp is None else sharp
+                seed = name_seed(args.seed, path.name, level, group)
+                blurred, target = blur_photo(sharp, seed, LEVELS[level], families)
+                for p, img in ((blur_path, blurred), (sharp_path, target)):
+                    p.parent.mkdir(parents=True, exist_ok=True)
+                    save_rgb(p, img)
+                written += 1
+    print(f"{len(photos)} photos x {len(levels)} levels x {len(GROUPS)} groups in {args.out} ({written} pairs written)",
           file=sys.stderr)
     return 0
 

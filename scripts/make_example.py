@@ -3,8 +3,8 @@
 
 Why a script: the example in `examples/` must be reproducible and provably outside the held-out
 validation split, so the photo is looked up in `data/photos/manifest.json` and refused if its
-split is 'val'. The blur is `deblur_cli.data.synthesize_blur` at the eval set's medium level
-(8-16 px path length at 1280 px), seeded.
+split is 'val'. The blur is `deblur_cli.shake`'s smooth-path (poly) camera shake at the eval set's medium
+level (8-16 px path length at 1280 px), seeded.
 """
 
 from __future__ import annotations
@@ -14,12 +14,10 @@ import json
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-from make_eval_set import LEVELS, blur_photo, load_resized  # noqa: E402
+from make_eval_set import LEVELS, REPO, blur_photo, load_resized
 
-from deblur_cli.files import atomic_path  # noqa: E402
-from deblur_cli.images import to_pil  # noqa: E402
+from deblur_cli.files import atomic_path
+from deblur_cli.images import to_pil
 
 DEFAULT_PHOTO = "palapeli-data__citrus-fruits"
 
@@ -42,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 1
     sharp = load_resized(args.photos / photo["file"], 1280)
-    blurred, target = blur_photo(sharp, args.seed, LEVELS["medium"])
+    blurred, target = blur_photo(sharp, args.seed, LEVELS["medium"], ("poly",))
     for kind, img in (("blurred", blurred), ("sharp", target)):
         path = args.out / f"{kind}_{args.name}.jpg"
         with atomic_path(path) as tmp:

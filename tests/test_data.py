@@ -1,4 +1,4 @@
-"""Training data: synthetic camera shake, folder layouts, user errors, splits and the resumable sampler."""
+"""Training data: folder layouts, user errors, splits and the resumable sampler."""
 
 from __future__ import annotations
 
@@ -7,9 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from PIL import Image
-from skimage import data as skdata
 
 from deblur_cli import data as D
 from deblur_cli.errors import MsdnError
@@ -17,69 +15,8 @@ from deblur_cli.errors import MsdnError
 torch.set_num_threads(2)
 
 
-def photo(size: int = 96) -> torch.Tensor:
-    """A real photo crop (1, 3, size, size) in [0, 1]."""
-    img = skdata.astronaut()[100:100 + size, 150:150 + size]
-    return torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255.0
-
-
 def gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
-
-
-def high_freq_energy(x: torch.Tensor) -> float:
-    lap = torch.tensor([[0.0, 1, 0], [1, -4, 1], [0, 1, 0]]).view(1, 1, 3, 3).repeat(3, 1, 1, 1)
-    return float(F.conv2d(x, lap, groups=3)[..., 4:-4, 4:-4].pow(2).mean())
-
-
-# --- synthetic blur --------------------------------------------------------------------------
-
-
-def test_blur_is_in_range_and_reduces_high_frequencies() -> None:
-    sharp = photo().repeat(4, 1, 1, 1)
-    blurred, target = D.synthesize_blur(sharp, gen(0), strength=(8.0, 20.0))
-    assert blurred.shape == sharp.shape and blurred.dtype == sharp.dtype
-    assert blurred.min() >= 0.0 and blurred.max() <= 1.0
-    for i in range(4):
-        assert high_freq_energy(blurred[i:i + 1]) < 0.5 * high_freq_energy(sharp[i:i + 1])
-    assert torch.equal(target, sharp)
-
-
-def test_zero_strength_without_noise_is_identity() -> None:
-    sharp = photo()
-    blurred, _ = D.synthesize_blur(sharp, gen(1), strength=(0.0, 0.0), noise=0.0)
-    assert (blurred - sharp).abs().max() < 1e-3  # only the sRGB <-> linear round trip
-
-
-def test_blur_is_deterministic_given_the_generator() -> None:
-    sharp = photo().repeat(2, 1, 1, 1)
-    a, _ = D.synthesize_blur(sharp, gen(5))
-    b, _ = D.synthesize_blur(sharp, gen(5))
-    c, _ = D.synthesize_blur(sharp, gen(6))
-    assert torch.equal(a, b)
-    assert (a - c).abs().mean() > 1e-3
-
-
-def test_trajectories_are_centred_and_as_long_as_asked() -> None:
-    shifts, angles, length = D.shake_trajectories(64, gen(2), (3.0, 30.0), frames=31)
-    assert torch.all(shifts[:, 15].abs() < 1e-5) and torch.all(angles[:, 15].abs() < 1e-6)  # middle = identity
-    assert torch.all((length >= 3.0) & (length <= 30.0))
-    arc = (shifts[:, 1:] - shifts[:, :-1]).norm(dim=-1).sum(1)
-    turn = (angles[:, 1:] - angles[:, :-1]).abs().sum(1)
-    torch.testing.assert_close(arc + turn, length, rtol=1e-4, atol=1e-4)  # translation + rotation budget
-    assert torch.all(turn <= 0.3 * length + 1e-5)
-
-
-def test_target_is_the_middle_frame() -> None:
-    """A point light smears into a trail that passes through its original position."""
-    sharp = torch.zeros(1, 3, 65, 65)
-    sharp[..., 20, 40] = 1.0
-    for seed in range(5):
-        blurred, target = D.synthesize_blur(sharp, gen(seed), strength=(10.0, 12.0), noise=0.0)
-        assert torch.equal(target, sharp)
-        lit = blurred[0, 0] > 0.02
-        assert lit.sum() > 4  # it did smear
-        assert bool(lit[19:22, 39:42].any())  # and the trail passes through the middle-frame position
 
 
 # --- layouts and errors ---------------------------------------------------------------------

@@ -138,17 +138,30 @@ def test_check_split_requires_enough_validation_photos_and_sources() -> None:
 # --- eval set, example, packing ------------------------------------------------------------------
 
 
-def test_eval_blur_is_reproducible_per_photo_and_level() -> None:
-    assert make_eval_set.photo_seed(1, "a", "mild") == make_eval_set.photo_seed(1, "a", "mild")
-    assert len({make_eval_set.photo_seed(1, "a", lv) for lv in make_eval_set.LEVELS}) == 3
-    assert make_eval_set.photo_seed(1, "a", "mild") != make_eval_set.photo_seed(2, "a", "mild")
+def test_eval_blur_is_reproducible_per_photo_level_and_group() -> None:
+    from deblur_cli.synthetic import name_seed
+
+    assert len({name_seed(1, "a", lv, g) for lv in make_eval_set.LEVELS for g in make_eval_set.GROUPS}) == 8
+    assert name_seed(1, "a", "mild", "train") != name_seed(2, "a", "mild", "train")
     sharp = torch.rand(1, 3, 48, 64, generator=torch.Generator().manual_seed(0))
-    b1, t1 = make_eval_set.blur_photo(sharp, 5, (3.0, 6.0))
-    b2, _ = make_eval_set.blur_photo(sharp, 5, (3.0, 6.0))
-    b3, _ = make_eval_set.blur_photo(sharp, 6, (3.0, 6.0))
+    b1, t1 = make_eval_set.blur_photo(sharp, 5, (3.0, 6.0), ("walk",))
+    b2, _ = make_eval_set.blur_photo(sharp, 5, (3.0, 6.0), ("walk",))
+    b3, _ = make_eval_set.blur_photo(sharp, 6, (3.0, 6.0), ("walk",))
     assert torch.equal(b1, b2) and not torch.equal(b1, b3)
     assert b1.shape == t1.shape == sharp.shape and 0 <= b1.min() and b1.max() <= 1
+    torch.testing.assert_close(t1, sharp, atol=1e-5, rtol=0)  # the target is the photo itself
     assert (b1 - t1).abs().mean() > 0.01  # really blurred
+
+
+def test_make_eval_set_writes_both_groups_per_level(tmp_path: Path) -> None:
+    photos = tmp_path / "val"
+    photos.mkdir()
+    (photos / "p.jpg").write_bytes(_jpeg(160, 120, seed=1))
+    out = tmp_path / "eval"
+    assert make_eval_set.main(["--photos", str(photos), "--out", str(out), "--levels", "mild,extreme"]) == 0
+    files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png"))
+    assert files == [f"{g}/test/{lv}/{k}/p.png" for g in ("heldout", "train") for lv in ("extreme", "mild")
+                     for k in ("blur", "sharp")]
 
 
 def _write_photos(root: Path, n: int = 3) -> None:
