@@ -415,13 +415,14 @@ def weights_push(
 # --- eval ---
 
 
-def _fmt(value: float, digits: int) -> str:
-    return "-" if value != value else ("inf" if value == float("inf") else f"{value:.{digits}f}")
+def _fmt(value: float | None, digits: int) -> str:
+    return "-" if value is None or value != value else ("inf" if value == float("inf") else f"{value:.{digits}f}")
 
 
 def _eval_table(title: str, labels: list[str], rows: list[tuple[str, int | None, dict[str, Any]]],
-                gain_over: str | None) -> Any:
-    """One line per entry, one PSNR/SSIM/seconds column group per model (+ dB gain over the baseline)."""
+                gain_over: str | None, aligned: bool = False) -> Any:
+    """One line per entry, one PSNR/SSIM/seconds column group per model (+ dB gain over the baseline;
+    + aligned PSNR/SSIM and their gain with --align)."""
     from rich.table import Table
 
     table = Table(title=title, title_justify="left")
@@ -433,6 +434,11 @@ def _eval_table(title: str, labels: list[str], rows: list[tuple[str, int | None,
         table.add_column("SSIM", **number)
         if gain_over is not None and label != gain_over:
             table.add_column("gain dB", **number)
+        if aligned:
+            table.add_column("aligned\nPSNR", **number)
+            table.add_column("SSIM", **number)
+            if gain_over is not None and label != gain_over:
+                table.add_column("gain dB", **number)
         if label != gain_over:
             table.add_column("s/img", **number)
     for i, (name, count, scores) in enumerate(rows):
@@ -443,6 +449,11 @@ def _eval_table(title: str, labels: list[str], rows: list[tuple[str, int | None,
             cells += [_fmt(s.psnr, 2), _fmt(s.ssim, 4)]
             if gain_over is not None and label != gain_over:
                 cells.append(_fmt(s.psnr - base.psnr, 2) if base is not None else "-")
+            if aligned:
+                cells += [_fmt(s.psnr_aligned, 2), _fmt(s.ssim_aligned, 4)]
+                if gain_over is not None and label != gain_over:
+                    both = base is not None and None not in (s.psnr_aligned, base.psnr_aligned)
+                    cells.append(_fmt(s.psnr_aligned - base.psnr_aligned, 2) if both else "-")
             if label != gain_over:
                 cells.append(_fmt(s.seconds, 2))
         table.add_row(*cells, end_section=(i == len(rows) - 2), style="bold" if i == len(rows) - 1 else None)
@@ -465,6 +476,9 @@ def eval_command(
     protocol: str = typer.Option("full", "--protocol", help="full: whole images, tiled inference; center256: "
                                  "the centre 256x256 crop (the MSDN paper's Table 1)."),
     crop_border: int = typer.Option(0, "--crop-border", min=0, help="Ignore N pixels at each border when scoring."),
+    align: int = typer.Option(0, "--align", min=0, help="Also score after the best integer shift within N "
+                              "pixels (Kohler et al.'s protocol; a blurred photo does not say which instant is "
+                              "'sharp')."),
     limit: int | None = typer.Option(None, "--limit", min=1, help="Only the first N pairs (sorted by group, name)."),
     json_path: Path | None = typer.Option(None, "--json", help="Write per-image rows and means as JSON."),
     csv_path: Path | None = typer.Option(None, "--csv", help="Write per-image rows as CSV."),
@@ -501,7 +515,7 @@ def eval_command(
                   console=console) as bar:
         task = bar.add_task("eval", total=None)
         report = ev.evaluate(dataset, contenders, protocol=protocol, crop_border=crop_border, tile=tile,
-                             overlap=overlap, batch_size=batch_size, amp=amp_mode, limit=limit, save_dir=save_images,
+                             overlap=overlap, batch_size=batch_size, amp=amp_mode, limit=limit, save_dir=save_images, align=align,
                              progress=lambda done, total: bar.update(task, completed=done, total=total))
     out = Console()
     if not out.is_terminal:  # a file or pipe: full-width tables, not 80 columns
@@ -516,12 +530,13 @@ def eval_command(
                     by_name.setdefault(r.name, {})[r.model] = r
             lines = [(name, None, scores) for name, scores in by_name.items()]
             lines.append(("mean", len(by_name), {m: summaries[(m, group)] for m in report.models}))
-            out.print(_eval_table(f"{group or dataset.root.name}", report.models, lines, gain_over))
+            out.print(_eval_table(f"{group or dataset.root.name}", report.models, lines, gain_over, align > 0))
     lines = [(g or "all", summaries[(report.models[0], g)].count, {m: summaries[(m, g)] for m in report.models})
              for g in report.groups]
     lines.append(("overall", summaries[(report.models[0], None)].count,
                   {m: summaries[(m, None)] for m in report.models}))
-    out.print(_eval_table(f"{dataset.root} ({report.layout}, {report.protocol})", report.models, lines, gain_over))
+    title = f"{dataset.root} ({report.layout}, {report.protocol}" + (f", aligned within {align} px" if align else "")
+    out.print(_eval_table(title + ")", report.models, lines, gain_over, align > 0))
     for problem in report.problems[:20]:
         console.print(f"[yellow]skipped[/] {problem.path}: {problem.reason}", highlight=False, soft_wrap=True)
     if len(report.problems) > 20:

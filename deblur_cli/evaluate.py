@@ -81,6 +81,8 @@ class Row:
     psnr: float
     ssim: float
     seconds: float
+    psnr_aligned: float | None = None  # after the best integer shift within --align pixels
+    ssim_aligned: float | None = None
 
 
 @dataclass(frozen=True)
@@ -91,6 +93,8 @@ class Summary:
     psnr: float
     ssim: float
     seconds: float
+    psnr_aligned: float | None = None
+    ssim_aligned: float | None = None
 
 
 @dataclass
@@ -104,6 +108,7 @@ class Report:
     rows: list[Row] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
     total_seconds: float = 0.0
+    align: int = 0
 
     @property
     def scored_images(self) -> int:
@@ -126,8 +131,11 @@ def _summarise(model: str, group: str | None, rows: Sequence[Row]) -> Summary:
     n = len(rows)
     if n == 0:
         return Summary(model, group, 0, math.nan, math.nan, math.nan)
+    aligned = [r for r in rows if r.psnr_aligned is not None and r.ssim_aligned is not None]
+    mean = (lambda values: sum(values) / n) if len(aligned) == n else (lambda values: None)  # noqa: E731
     return Summary(model, group, n, sum(r.psnr for r in rows) / n, sum(r.ssim for r in rows) / n,
-                   sum(r.seconds for r in rows) / n)
+                   sum(r.seconds for r in rows) / n, mean([r.psnr_aligned for r in aligned]),
+                   mean([r.ssim_aligned for r in aligned]))
 
 
 # --- discovery -----------------------------------------------------------------------------------
@@ -382,9 +390,13 @@ def evaluate(
     amp: str | None = None,
     limit: int | None = None,
     save_dir: Path | None = None,
+    align: int = 0,
     progress: Callable[[int, int], None] | None = None,
 ) -> Report:
     """Score every contender on every pair; `progress(done, total)` counts (pair, contender) steps.
+
+    `align` > 0 also scores each output after its best integer shift within that many pixels
+    (`metrics.align`, Köhler et al.'s protocol), beside the raw numbers.
 
     Each image is loaded once and shown to all contenders, so models are compared on identical
     inputs. `seconds` is the wall time of the tiled inference alone (0 for the identity baseline).
@@ -395,9 +407,11 @@ def evaluate(
         raise MsdnError(f"--crop-border must be 0 or more, got {crop_border}")
     if not contenders:
         raise MsdnError("nothing to evaluate: give a model, weights, or --baseline identity")
+    if align < 0:
+        raise MsdnError(f"--align must be 0 or more, got {align}")
     pairs = dataset.pairs[:limit] if limit is not None else dataset.pairs
     report = Report(dataset.root, dataset.layout, protocol, crop_border, [c.label for c in contenders],
-                    sorted({p.group for p in pairs}), problems=list(dataset.problems))
+                    sorted({p.group for p in pairs}), problems=list(dataset.problems), align=align)
     start = time.perf_counter()
     for contender in contenders:  # the first call pays for kernel selection; keep that out of image 1's time
         if contender.model is not None:
@@ -425,8 +439,12 @@ def evaluate(
                 output = deblur(contender.model, blurred, tile=tile, overlap=overlap, batch_size=batch_size, amp=amp)
                 seconds = time.perf_counter() - t0
             scored = metrics.crop_border(output, crop_border)
+            aligned: tuple[float | None, float | None] = (None, None)
+            if align > 0:
+                pred, ref = metrics.align(scored, target, align)
+                aligned = metrics.psnr(pred, ref).item(), metrics.ssim(pred, ref).item()
             report.rows.append(Row(contender.label, pair.group, pair.name, metrics.psnr(scored, target).item(),
-                                   metrics.ssim(scored, target).item(), seconds))
+                                   metrics.ssim(scored, target).item(), seconds, *aligned))
             if save_dir is not None and contender.model is not None:
                 out_path, strip_path = output_paths(save_dir, contender.label, pair)
                 try:
@@ -457,17 +475,21 @@ def _finite(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
+def _finite_values(record: dict) -> dict:
+    return {k: _finite(v) if isinstance(v, float) else v for k, v in record.items()}
+
+
 def report_dict(report: Report) -> dict:
     return {
         "root": str(report.root),
         "layout": report.layout,
         "protocol": report.protocol,
         "crop_border": report.crop_border,
+        "align": report.align,
         "models": report.models,
         "total_seconds": report.total_seconds,
-        "rows": [{**asdict(r), "psnr": _finite(r.psnr), "ssim": _finite(r.ssim)} for r in report.rows],
-        "summary": [{**asdict(s), "psnr": _finite(s.psnr), "ssim": _finite(s.ssim), "seconds": _finite(s.seconds)}
-                    for s in report.summaries()],
+        "rows": [_finite_values(asdict(r)) for r in report.rows],
+        "summary": [_finite_values(asdict(s)) for s in report.summaries()],
         "problems": [asdict(p) for p in report.problems],
     }
 
@@ -476,7 +498,7 @@ def write_json(report: Report, path: Path) -> None:
     atomic_write_bytes(Path(path), (json.dumps(report_dict(report), indent=2, allow_nan=False) + "\n").encode())
 
 
-CSV_COLUMNS = ("model", "group", "name", "psnr", "ssim", "seconds")
+CSV_COLUMNS = ("model", "group", "name", "psnr", "ssim", "seconds", "psnr_aligned", "ssim_aligned")
 
 
 def write_csv(report: Report, path: Path) -> None:
@@ -485,5 +507,7 @@ def write_csv(report: Report, path: Path) -> None:
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(CSV_COLUMNS)
     for r in report.rows:
-        writer.writerow([r.model, r.group, r.name, repr(r.psnr), repr(r.ssim), f"{r.seconds:.4f}"])
+        writer.writerow([r.model, r.group, r.name, repr(r.psnr), repr(r.ssim), f"{r.seconds:.4f}",
+                         "" if r.psnr_aligned is None else repr(r.psnr_aligned),
+                         "" if r.ssim_aligned is None else repr(r.ssim_aligned)])
     atomic_write_bytes(Path(path), buf.getvalue().encode())

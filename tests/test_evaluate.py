@@ -242,7 +242,9 @@ def test_gopro_eval_matches_skimage_and_reports(tmp_path: Path) -> None:
     # CSV holds the same rows
     with cs.open() as f:
         csv_rows = list(csv.DictReader(f))
-    assert [tuple(r) for r in csv_rows[:1]] == [("model", "group", "name", "psnr", "ssim", "seconds")]
+    assert [tuple(r) for r in csv_rows[:1]] == [("model", "group", "name", "psnr", "ssim", "seconds", "psnr_aligned",
+                                                 "ssim_aligned")]
+    assert all(r["psnr_aligned"] == "" for r in csv_rows)  # no --align: no aligned scores
     assert len(csv_rows) == 6
     for r in csv_rows:
         ref = rows_of(report, r["model"])[(r["group"], r["name"])]
@@ -254,6 +256,34 @@ def test_gopro_eval_matches_skimage_and_reports(tmp_path: Path) -> None:
         assert word in text
     overall = f"{summary[('identity', None)]['psnr']:.2f}"
     assert overall in text
+
+
+def test_align_scores_the_best_shift_like_skimage(tmp_path: Path) -> None:
+    """A 'deblurred' output that is the sharp photo moved by (2, -3) px: raw PSNR punishes the shift,
+    aligned PSNR finds it, and both equal scikit-image on the crops a brute-force search picks."""
+    root = tmp_path / "p"
+    sharp = sharp_crop(0, h=60, w=70)
+    moved = np.roll(sharp, (2, -3), axis=(0, 1))
+    noise = np.random.default_rng(0).integers(-3, 4, moved.shape)
+    moved = np.clip(moved.astype(int) + noise, 0, 255).astype(np.uint8)  # not identical: PSNR stays finite
+    write(root / "sharp" / "a.png", sharp)
+    write(root / "blur" / "a.png", moved)
+    report = evaluate(discover(root), [Contender("identity", None)], align=4)
+    (row,) = report.rows
+    r, h, w = 4, 60, 70
+    target = sharp[r:h - r, r:w - r]
+    best = max((ref_psnr(moved[r + dy:h - r + dy, r + dx:w - r + dx], target), dy, dx)
+               for dy in range(-r, r + 1) for dx in range(-r, r + 1))
+    assert best[1:] == (2, -3)
+    assert row.psnr_aligned == pytest.approx(best[0], abs=1e-4)
+    assert row.ssim_aligned == pytest.approx(ref_ssim(moved[r + 2:h - r + 2, r - 3:w - r - 3], target), abs=1e-4)
+    assert row.psnr == pytest.approx(ref_psnr(moved, sharp), abs=1e-4) and row.psnr < row.psnr_aligned - 3
+    assert report.summary("identity").psnr_aligned == pytest.approx(row.psnr_aligned)
+    result = run("eval", root, "--baseline", "identity", "--align", "4")
+    assert result.exit_code == 0, result.output
+    assert "aligned within 4 px" in result.output and f"{row.psnr_aligned:.2f}" in result.output
+    with pytest.raises(MsdnError, match="--align must be 0 or more"):
+        evaluate(discover(root), [Contender("identity", None)], align=-1)
 
 
 def test_kohler_groups_and_identity_baseline(tmp_path: Path) -> None:
