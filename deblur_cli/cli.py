@@ -299,7 +299,8 @@ def weights_info(name: str = typer.Argument(..., help="Model name from `msdn wei
     table.add_column("value", overflow="fold")
     copies = w.local_copies(entry)
     rows = [("description", entry.description), ("default", "yes" if entry.name == manifest.default else "no"),
-            ("repository", f"{entry.repo_id} @ {entry.revision}"), ("file", entry.filename),
+            ("repository", f"{entry.repo_id} @ {entry.revision}" if entry.repo_id else "none (bundled only)"),
+            ("file", entry.filename),
             ("size", f"{_size(entry.size_bytes)} ({entry.size_bytes} bytes)"), ("sha256", entry.sha256),
             ("tile / overlap", f"{entry.tile} / {entry.overlap}"), ("license", entry.license),
             ("training data", entry.training_data), ("metrics", _metrics_text(entry.metrics)),

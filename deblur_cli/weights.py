@@ -226,8 +226,8 @@ class ModelEntry:
 
     name: str
     description: str
-    repo_id: str
-    revision: str
+    repo_id: str | None  # None: bundled only (the package's sha256 pins it; no Hub copy)
+    revision: str | None
     filename: str
     format: str
     sha256: str
@@ -246,11 +246,9 @@ class ModelEntry:
             "revision": self.revision, "filename": self.filename, "format": self.format,
             "sha256": self.sha256, "size_bytes": self.size_bytes, "config": self.config.to_dict(),
             "tile": self.tile, "overlap": self.overlap, "license": self.license,
-            "training_data": self.training_data, "metrics": dict(self.metrics),
+            "training_data": self.training_data, "metrics": dict(self.metrics), "bundled": self.bundled,
         }
-        if self.bundled is not None:
-            data["bundled"] = self.bundled
-        return data
+        return {k: v for k, v in data.items() if v is not None or k not in _OPTIONAL_FIELDS}
 
 
 @dataclass(frozen=True)
@@ -280,11 +278,12 @@ class Manifest:
 
 
 _ENTRY_FIELDS = {
-    "name": str, "description": str, "repo_id": str, "revision": str, "filename": str, "format": str,
+    "name": str, "description": str, "filename": str, "format": str,
     "sha256": str, "size_bytes": int, "config": dict, "tile": int, "overlap": int, "license": str,
     "training_data": str, "metrics": dict,
 }
-_OPTIONAL_FIELDS = {"bundled": str}
+# A model is bundled in the package, published on the Hub (repo_id + pinned revision), or both.
+_OPTIONAL_FIELDS = {"bundled": str, "repo_id": str, "revision": str}
 
 
 class _Invalid(Exception):
@@ -319,9 +318,14 @@ def _parse_entry(data: Any, where: str) -> ModelEntry:
 
     if not _NAME.fullmatch(data["name"]):
         raise _Invalid(f"{where}.name must be letters, digits, '.', '_' or '-'")
-    if not _REPO_ID.fullmatch(data["repo_id"]):
+    repo_id, revision = data.get("repo_id"), data.get("revision")
+    if data.get("bundled") is None and (repo_id is None or revision is None):
+        raise _Invalid(f"{where} needs a Hub repo_id and revision, or a bundled file")
+    if (repo_id is None) != (revision is None):
+        raise _Invalid(f"{where} needs both repo_id and revision, or neither (a bundled-only model)")
+    if repo_id is not None and not _REPO_ID.fullmatch(repo_id):
         raise _Invalid(f"{where}.repo_id must look like 'owner/name', got '{data['repo_id']}'")
-    if not _HEX40.fullmatch(data["revision"]):
+    if revision is not None and not _HEX40.fullmatch(revision):
         raise _Invalid(f"{where}.revision must be a full 40-character lowercase commit hash "
                        f"(never a branch or tag), got '{data['revision']}'")
     if data["format"] != "safetensors":
@@ -349,7 +353,7 @@ def _parse_entry(data: Any, where: str) -> ModelEntry:
     if bundled is not None and (not bundled.endswith(".safetensors") or "/" in bundled or "\\" in bundled):
         raise _Invalid(f"{where}.bundled must be a plain .safetensors file name inside deblur_cli/weights/")
     return ModelEntry(
-        name=data["name"], description=data["description"], repo_id=data["repo_id"], revision=data["revision"],
+        name=data["name"], description=data["description"], repo_id=repo_id, revision=revision,
         filename=data["filename"], format=data["format"], sha256=data["sha256"], size_bytes=data["size_bytes"],
         config=config, tile=tile, overlap=overlap, license=data["license"], training_data=data["training_data"],
         metrics={str(k): float(v) for k, v in data["metrics"].items()}, bundled=bundled,
@@ -499,6 +503,8 @@ def cached_file(entry: ModelEntry, settings: HubSettings | None = None) -> Path 
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError
 
+    if entry.repo_id is None:
+        return None
     settings = settings or hub_settings()
     try:
         path = hf_hub_download(entry.repo_id, entry.filename, revision=entry.revision, cache_dir=settings.cache_dir,
@@ -552,8 +558,11 @@ def fetch_model(entry: ModelEntry, *, offline: bool = False, force: bool = False
     A tampered cached copy is never used: online it is downloaded again, offline it is refused.
     """
     bundled = bundled_file(entry)
-    if bundled is not None and not force:
+    if bundled is not None and (not force or entry.repo_id is None):
         return ResolvedWeights(verify_file(bundled, entry, "bundled file"), entry.config, "bundled", entry)
+    if entry.repo_id is None:
+        raise MsdnError(f"model '{entry.name}' ships inside the package, but {BUNDLED_DIR / str(entry.bundled)} "
+                        "is missing: reinstall msdn-deblur")
     settings = hub_settings(offline)
     cached = cached_file(entry, settings)
     if cached is not None and not force:

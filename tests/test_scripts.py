@@ -17,8 +17,6 @@ SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 sys.path.insert(0, str(SCRIPTS))
 get_photos = importlib.import_module("get_photos")
 make_eval_set = importlib.import_module("make_eval_set")
-pack_data = importlib.import_module("pack_data")
-compare_runs = importlib.import_module("compare_runs")
 manifest_entry = importlib.import_module("manifest_entry")
 
 
@@ -164,57 +162,32 @@ def test_make_eval_set_writes_both_groups_per_level(tmp_path: Path) -> None:
                      for k in ("blur", "sharp")]
 
 
-def _write_photos(root: Path, n: int = 3) -> None:
-    photos = []
-    for i in range(n):
-        split = "val" if i == 0 else "train"
-        path = root / split / f"p{i}.jpg"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(_jpeg(400, 300, seed=i))
-        photos.append({"file": f"{split}/p{i}.jpg", "id": f"p{i}", "source": "s", "split": split})
-    (root / "manifest.json").write_text(json.dumps({"photos": photos}))
+# --- manifest entry ------------------------------------------------------------------------------
 
 
-def test_pack_data_fits_the_budget(tmp_path: Path) -> None:
-    _write_photos(tmp_path / "photos")
-    out = tmp_path / "packed"
-    assert pack_data.main(["--photos", str(tmp_path / "photos"), "--out", str(out), "--budget-mib", "1"]) == 0
-    files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.jpg"))
-    assert files == ["train/p1.jpg", "train/p2.jpg", "val/p0.jpg"]
-    assert sum(p.stat().st_size for p in out.rglob("*")) <= 1 << 20
-    assert json.loads((out / "manifest.json").read_text())["packed"]["long_side"] == 1600
-    assert pack_data.main(["--photos", str(tmp_path / "photos"), "--out", str(out), "--budget-mib", "0.01"]) == 1
-    assert pack_data.main(["--photos", str(tmp_path / "photos"), "--out", str(out), "--budget-mib", "1"]) == 0
-    mine = tmp_path / "mine"  # a folder of someone's files is never deleted to make room for a pack
-    mine.mkdir()
-    (mine / "keep.txt").write_text("precious")
-    assert pack_data.main(["--photos", str(tmp_path / "photos"), "--out", str(mine), "--budget-mib", "1"]) == 1
-    assert (mine / "keep.txt").read_text() == "precious"
-
-
-# --- comparison and manifest entry ---------------------------------------------------------------
-
-
-def _report(gain: float) -> dict:
+def _report(gain: float, aligned_gain: float | None = None) -> dict:
     summary = []
-    for model, add in (("identity", 0.0), ("m", gain)):
+    for model, add, add_aligned in (("identity", 0.0, 0.0), ("m", gain, aligned_gain)):
         for group, base in (("mild", 32.0), ("strong", 25.0), (None, 28.5)):
-            summary.append({"model": model, "group": group, "count": 2, "psnr": base + add, "ssim": 0.8, "seconds": 1})
+            row = {"model": model, "group": group, "count": 2, "psnr": base + add, "ssim": 0.8, "seconds": 1,
+                   "psnr_aligned": None, "ssim_aligned": None}
+            if aligned_gain is not None:
+                row |= {"psnr_aligned": base + 0.5 + add_aligned, "ssim_aligned": 0.85}
+            summary.append(row)
     return {"models": ["m", "identity"], "summary": summary}
 
 
-def test_level_table_and_steps_suggestion() -> None:
-    table = compare_runs.level_table(_report(3.5))
+def test_level_table_raw_and_aligned() -> None:
+    table = manifest_entry.level_table(_report(3.5, 2.0))
     assert list(table) == ["mild", "strong", "overall"]
-    assert table["strong"]["gain_db"] == pytest.approx(3.5) and table["strong"]["blur_psnr"] == 25.0
-    with pytest.raises(ValueError):
-        compare_runs.level_table({"models": ["m"], "summary": []})
-    assert compare_runs.suggest_steps(1000, 10) == 8500
-    text = compare_runs.format_comparison({"a": table, "b": compare_runs.level_table(_report(1.0))}, {"a": 10})
-    assert "better: a" in text
+    assert table["overall"]["gain_db"] == pytest.approx(3.5) and table["mild"]["blur_psnr"] == 32.0
+    assert table["overall"]["gain_db_aligned"] == pytest.approx(2.0) and table["mild"]["psnr_aligned"] == 34.5
+    assert "gain_db_aligned" not in manifest_entry.level_table(_report(1.0))["overall"]  # eval without --align
+    with pytest.raises(ValueError, match="one model plus the identity baseline"):
+        manifest_entry.level_table({"models": ["m"], "summary": []})
 
 
-def test_manifest_apply_refuses_below_target(tmp_path: Path) -> None:
+def test_manifest_apply_needs_the_held_out_gain(tmp_path: Path) -> None:
     from deblur_cli.model import MSDN, MSDNConfig
     from deblur_cli.weights import load_manifest, save_weights
 
@@ -222,26 +195,27 @@ def test_manifest_apply_refuses_below_target(tmp_path: Path) -> None:
                         decoder_layers=(1, 1), pyramid_pools=(2, 4))
     weights = tmp_path / "m.safetensors"
     save_weights(weights, MSDN(config).state_dict(), config, dtype=torch.float16)
-    (tmp_path / "weights").mkdir()
-    manifest = tmp_path / "weights_manifest.json"
+    manifest = tmp_path / "pkg" / "weights_manifest.json"
+    manifest.parent.mkdir()
     manifest.write_text(json.dumps({"schema_version": 1, "default": None, "models": []}))
+    photos = tmp_path / "missing.json"
 
-    low = manifest_entry.build_entry(weights, _report(1.0), "m")
-    assert low["metrics"]["val_overall_gain_db"] == pytest.approx(1.0) and low["bundled"] == "m.safetensors"
-    assert "below" in manifest_entry.apply(low, weights, manifest, allow_below_target=False)
-    assert json.loads(manifest.read_text())["default"] is None and not (tmp_path / "weights" / "m.safetensors").exists()
-
-    unpinned = manifest_entry.build_entry(weights, _report(3.2), "m")  # no Hub commit yet: msdn would refuse it
-    assert "--revision" in manifest_entry.apply(unpinned, weights, manifest, allow_below_target=False)
+    train_only = manifest_entry.build_entry(weights, {"train": _report(3.0, 3.0)}, "m", photos)
+    assert "--heldout-json" in manifest_entry.apply(train_only, weights, manifest, 1.0)
+    low = manifest_entry.build_entry(weights, {"train": _report(3.0, 3.0), "heldout": _report(1.0, 0.9)}, "m", photos)
+    assert low["metrics"]["heldout_overall_gain_db_aligned"] == pytest.approx(0.9) and low["bundled"] == "m.safetensors"
+    assert "below the +1.00 dB bar" in manifest_entry.apply(low, weights, manifest, 1.0)
     assert json.loads(manifest.read_text())["default"] is None
+    assert not (manifest.parent / "weights" / "m.safetensors").exists()
 
-    high = manifest_entry.build_entry(weights, _report(3.2), "m", repo_id="me/msdn", revision="c" * 40)
-    assert manifest_entry.apply(high, weights, manifest, allow_below_target=False) is None
+    good = manifest_entry.build_entry(weights, {"heldout": _report(1.5, 1.2)}, "m", photos)
+    assert "repo_id" not in good and "revision" not in good  # bundled only: the sha256 pins it
+    assert manifest_entry.apply(good, weights, manifest, 1.0) is None
     data = json.loads(manifest.read_text())
-    assert data["default"] == "m" and data["models"][0]["sha256"] == high["sha256"]
-    assert (tmp_path / "weights" / "m.safetensors").read_bytes() == weights.read_bytes()
-    assert load_manifest(manifest).entry().sha256 == high["sha256"]  # msdn itself accepts the result
+    assert data["default"] == "m" and data["models"][0]["sha256"] == good["sha256"]
+    assert (manifest.parent / "weights" / "m.safetensors").read_bytes() == weights.read_bytes()
+    assert load_manifest(manifest).entry().sha256 == good["sha256"]  # msdn itself accepts the result
 
-    odd = {**high, "licence_note": "x"}  # a field the manifest schema does not know is refused, not written
-    assert "unknown field 'licence_note'" in manifest_entry.apply(odd, weights, manifest, allow_below_target=False)
+    odd = {**good, "licence_note": "x"}  # a field the manifest schema does not know is refused, not written
+    assert "unknown field 'licence_note'" in manifest_entry.apply(odd, weights, manifest, 1.0)
     assert json.loads(manifest.read_text()) == data

@@ -147,6 +147,8 @@ def test_valid_manifest_round_trips():
     (lambda e: e.update(filename="../x.safetensors"), "filename must be a relative path ending in .safetensors"),
     (lambda e: e.update(metrics={"psnr": "high"}), "metrics.psnr must be a number"),
     (lambda e: e.update(bundled="sub/x.safetensors"), "bundled must be a plain .safetensors file name"),
+    (lambda e: e.pop("revision"), "needs a Hub repo_id and revision, or a bundled file"),
+    (lambda e: (e.pop("revision"), e.update(bundled="x.safetensors")), "needs both repo_id and revision, or neither"),
 ])
 def test_malformed_entry_names_the_field(change, message):
     entry = valid_entry()
@@ -378,6 +380,24 @@ def test_bundled_file_is_verified_and_needs_no_network(monkeypatch, tmp_path, hf
     path.write_bytes(path.read_bytes()[:-4] + b"\0\0\0\0")
     with pytest.raises(MsdnError, match=r"refusing bundled file .*: sha256"):
         w.load_generator(offline=True)
+
+
+def test_bundled_only_model_needs_no_hub_fields(monkeypatch, tmp_path, hf_cache, manifest):
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens: any request would fail
+    model = tiny_model(5)
+    path = manifest.bundled_dir / "tiny-only.safetensors"
+    w.save_weights(path, model.state_dict(), TINY)
+    entry = w.entry_template("tiny", TINY, path, {})
+    entry = {k: v for k, v in entry.items() if k not in ("repo_id", "revision")} | {"bundled": path.name}
+    manifest([entry], default="tiny")
+    parsed = w.load_manifest().entry()
+    assert parsed.repo_id is None and parsed.revision is None and parsed.to_dict() == entry  # round trip
+    assert w.local_copies(parsed) == {"bundled": path}
+    assert w.fetch_model(parsed, force=True).source == "bundled"  # nothing to download it from
+    assert torch.equal(outputs(w.load_generator()), outputs(model))
+    path.unlink()
+    with pytest.raises(MsdnError, match="ships inside the package, but .* is missing: reinstall msdn-deblur"):
+        w.load_generator()
 
 
 def test_manifest_config_must_match_the_file(online, tmp_path, manifest):
