@@ -1,0 +1,98 @@
+#!/usr/bin/env python
+"""The campaign's learning curve: validation gain per blur level against steps and training hours.
+
+    python scripts/plot_curve.py                      # table to stdout, docs/learning_curve.png
+    python scripts/plot_curve.py campaign/metrics.jsonl --png out.png --batch 16
+
+Reads the run's metrics.jsonl (`msdn train` writes it). Hours are training wall time on the
+campaign's one CPU thread: each step's batch / samples-per-second plus each validation's seconds,
+so pauses between sessions do not count. The PNG needs matplotlib (`pip install matplotlib`); the
+table does not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+GROUPS = ("train", "held-out")
+LEVELS = ("mild", "medium", "strong", "extreme")
+
+
+def read_curve(lines: list[str], batch: int) -> list[dict[str, float]]:
+    """One point per validation: step, hours, and every `GROUP[/LEVEL]/psnr_aligned_gain`."""
+    hours, points = 0.0, []
+    for line in lines:
+        if not line.strip():
+            continue
+        record = json.loads(line)
+        if record["event"] == "step" and record.get("samples_per_s"):
+            hours += batch / record["samples_per_s"] / 3600
+        elif record["event"] == "val":
+            hours += record.get("seconds", 0.0) / 3600
+            gains = {k: v for k, v in record.items() if k.endswith("_gain")}
+            if gains:
+                points.append({"step": record["step"], "hours": hours, **gains})
+    return points
+
+
+def table(points: list[dict[str, float]]) -> str:
+    """Markdown: aligned PSNR gain (dB) per level, training families then the held-out family."""
+    head = ["step", "hours"] + [f"{g} {lv}" for g in GROUPS for lv in LEVELS] + [f"{g} mean" for g in GROUPS]
+    keys = [f"{g}/{lv}/psnr_aligned_gain" for g in GROUPS for lv in LEVELS] + [f"{g}/psnr_aligned_gain" for g in GROUPS]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---:|" * len(head)]
+    for p in points:
+        cells = [str(p["step"]), f"{p['hours']:.2f}"] + [f"{p[k]:+.2f}" if k in p else "" for k in keys]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot(points: list[dict[str, float]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    for ax, group in zip(axes, GROUPS):
+        for level in LEVELS:
+            key = f"{group}/{level}/psnr_aligned_gain"
+            ax.plot([p["hours"] for p in points], [p.get(key) for p in points], marker=".", label=level)
+        ax.plot([p["hours"] for p in points], [p.get(f"{group}/psnr_aligned_gain") for p in points], "k-",
+                linewidth=2, label="mean")
+        ax.axhline(0, color="grey", linewidth=0.5)
+        ax.set_title(f"{group} blur families")
+        ax.set_xlabel("training hours (1 CPU thread)")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("aligned PSNR gain over the blurred input (dB)")
+    axes[1].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("metrics", type=Path, nargs="?", default=REPO / "campaign" / "metrics.jsonl")
+    ap.add_argument("--png", type=Path, default=REPO / "docs" / "learning_curve.png")
+    ap.add_argument("--batch", type=int, default=16)
+    args = ap.parse_args(argv)
+    if not args.metrics.is_file():
+        print(f"error: {args.metrics} not found", file=sys.stderr)
+        return 1
+    points = read_curve(args.metrics.read_text().splitlines(), args.batch)
+    print(table(points))
+    if points:
+        try:
+            plot(points, args.png)
+        except ImportError:
+            print("matplotlib is not installed: no plot (pip install matplotlib)", file=sys.stderr)
+            return 0
+        print(f"wrote {args.png}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
