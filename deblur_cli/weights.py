@@ -133,6 +133,15 @@ class Checkpoint:
     metrics: dict[str, float] = field(default_factory=dict)
 
 
+def shipped_state(checkpoint: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The generator a training checkpoint ships: its EMA (`torch.optim.swa_utils.AveragedModel`
+    state, keys under "module.") when training kept one, else the raw weights."""
+    ema = checkpoint.get("ema")
+    if isinstance(ema, Mapping) and ema:
+        return {k.removeprefix("module."): v for k, v in ema.items() if k.startswith("module.")}
+    return checkpoint["generator"]
+
+
 def load_checkpoint(path: Path) -> Checkpoint:
     """Read a `.pt/.pth` with `weights_only=True` (no pickle code runs).
 
@@ -149,7 +158,7 @@ def load_checkpoint(path: Path) -> Checkpoint:
         if "model_config" not in data:
             raise MsdnError(f"{path} is a training checkpoint without 'model_config'")
         config = _config_from(data["model_config"], f"{path} model_config")
-        state = data["generator"]
+        state = shipped_state(data)
         metrics = {k: float(data[k]) for k in ("best_val_psnr", "val_psnr", "val_ssim")
                    if isinstance(data.get(k), (int, float)) and not isinstance(data.get(k), bool)}
         if isinstance(data.get("metrics"), Mapping):

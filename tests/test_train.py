@@ -253,3 +253,24 @@ def test_time_limit_stops_with_a_checkpoint_that_resumes(photos: Path, tmp_path:
     resumed = T.train(tiny_config(photos, run, steps=6, checkpoint_every=100, export=str(export)), TINY,
                       resume=run / T.CHECKPOINT)
     assert resumed.step == 6 and resumed.exported == export and export.is_file()
+
+
+def test_ema_is_what_validation_scores_and_export_ships(photos: Path, tmp_path: Path) -> None:
+    from deblur_cli.weights import load_checkpoint
+
+    rec = Recorder()
+    cfg = tiny_config(photos, tmp_path / "run", adv_weight=0.0, steps=6, ema_decay=0.5, warmup_steps=0, lr=1e-2,
+                      val_every=6, checkpoint_every=6)
+    result = T.train(cfg, replace(TINY, dropout=0.0), callback=rec)
+    raw = result.generator.state_dict()
+    ckpt = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    assert int(ckpt["ema"]["n_averaged"]) == 6
+    shipped = load_checkpoint(tmp_path / "run" / "last.pt").generator
+    assert shipped.keys() == raw.keys()
+    assert all(torch.equal(shipped[k], ckpt["ema"][f"module.{k}"]) for k in raw)
+    assert any(not torch.equal(shipped[k], raw[k]) for k in raw)  # the average is not the last step
+    _, best = load_weights_file(tmp_path / "run" / "best.safetensors")  # validated and exported: the EMA
+    assert all(torch.equal(best[k], shipped[k]) for k in raw)
+    val = [e for e in rec.events if e["event"] == "val"][-1]
+    for key in ("psnr", "ssim", "train/psnr_aligned_gain", "held-out/extreme/psnr_aligned_gain", "seconds"):
+        assert key in val
