@@ -11,7 +11,7 @@ for validation only, to measure the gain users will see:
              generator);
 * ``line``   a short straight streak;
 * ``rotate`` in-plane rotation about a random centre plus a little drift (spatially varying);
-* ``tremor`` held out: hand tremor, 1-4 oscillations around a slow drift.
+* ``tremor`` held out: hand tremor, half a cycle to two oscillations around a slow drift.
 
 Every path is traversed at uneven speed (the camera dwells where it slows down), has a path
 length in pixels drawn from `lengths` (half uniform, half log-uniform, so short blur is common
@@ -101,10 +101,12 @@ def _line(n: int, s: Tensor, g: torch.Generator) -> Tensor:
 
 
 def _tremor(n: int, s: Tensor, g: torch.Generator) -> Tensor:
-    cycles = _uniform(n, 1.0, 4.0, g)[:, None]
+    """Half a cycle to two cycles of oscillation (the path folds back, so its extent is a quarter
+    to all of its length) around a slow drift."""
+    cycles = _uniform(n, 0.5, 2.0, g)[:, None]
     phase = _uniform(n, 0, 2 * math.pi, g)[:, None]
     amp = torch.randn(n, 1, 2, generator=g)
-    drift = torch.randn(n, 1, 2, generator=g) * _uniform(n, 0.0, 0.5, g)[:, None, None]
+    drift = torch.randn(n, 1, 2, generator=g) * _uniform(n, 0.2, 1.0, g)[:, None, None]
     wobble = torch.sin(2 * math.pi * cycles * s + phase)[..., None] * amp
     return wobble + s[..., None] * drift
 
