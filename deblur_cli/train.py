@@ -302,17 +302,16 @@ def _to_float(x: Tensor, device: torch.device, channels_last: bool) -> Tensor:
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
-def _make_pair(batch: dict[str, Any], config: TrainConfig, device: torch.device, step: int, rank: int,
+def _make_pair(batch: dict[str, Any], config: TrainConfig, device: torch.device,
                channels_last: bool) -> tuple[Tensor, Tensor]:
-    """(blurred, sharp) float batch on the device; synthetic blur is made here, on the device."""
+    """(blurred, sharp) float batch on the device from a loader batch: a pair on disk, or a fixed
+    crop that always gets the same blur (seeded by its key)."""
     sharp = _to_float(batch["sharp"], device, channels_last)
     if "blur" in batch:
         return _to_float(batch["blur"], device, channels_last), sharp
-    if config.fixed_crops:  # each crop always gets the same blur: a blur seeded by its key
-        parts = [_blur(sharp[i:i + 1], config, device, D.mix_seed(config.seed, 0xB1, int(k)))
-                 for i, k in enumerate(batch["key"])]
-        return torch.cat(parts), sharp
-    return _blur(sharp, config, device, D.mix_seed(config.seed, 0xB2, step, rank)), sharp
+    parts = [_blur(sharp[i:i + 1], config, device, D.mix_seed(config.seed, 0xB1, int(k)))
+             for i, k in enumerate(batch["key"])]
+    return torch.cat(parts), sharp
 
 
 def _blur(sharp: Tensor, config: TrainConfig, device: torch.device, seed: int) -> Tensor:
@@ -326,7 +325,8 @@ def _blur(sharp: Tensor, config: TrainConfig, device: torch.device, seed: int) -
 
 
 class Validation:
-    """Fixed validation pairs (blur made once with fixed seeds, kept as 8-bit like saved photos)."""
+    """Fixed validation pairs of paired data on disk, or of the fixed crops of an overfit check
+    (their blur made once, kept as 8-bit like saved photos)."""
 
     def __init__(self, config: TrainConfig, split: DataSplit, device: torch.device) -> None:
         self.config, self.device = config, device
@@ -346,14 +346,10 @@ class Validation:
         for key in range(len(dataset)):
             batch = {k: (v[None] if isinstance(v, Tensor) else [v]) for k, v in dataset[key].items()}
             if cfg.fixed_crops:
-                blurred, _ = _make_pair(batch, cfg, self.device, 0, 0, False)
+                blurred, _ = _make_pair(batch, cfg, self.device, False)
                 batch["blur"] = _to_uint8(blurred)
-            else:
-                if cfg.val_crop:
-                    batch = {k: (_centre(v, cfg.val_crop) if isinstance(v, Tensor) else v) for k, v in batch.items()}
-                if "blur" not in batch:
-                    sharp = _to_float(batch["sharp"], self.device, False)
-                    batch["blur"] = _to_uint8(_blur(sharp, cfg, self.device, D.mix_seed(cfg.seed, 0xFA1, key)))
+            elif cfg.val_crop:  # pairs on disk (synthetic blur validates in SyntheticValidation)
+                batch = {k: (_centre(v, cfg.val_crop) if isinstance(v, Tensor) else v) for k, v in batch.items()}
             pairs.append((batch["blur"], batch["sharp"]))
         return pairs
 
@@ -519,7 +515,7 @@ def _pairs(loader: DataLoader | None, sampler: D.EpochSampler, bank: S.PhotoBank
     if bank is None:
         assert loader is not None
         for step, batch in _batches(loader, sampler, start, total):
-            yield step, *_make_pair(batch, config, device, step, rank, channels_last)
+            yield step, *_make_pair(batch, config, device, channels_last)
         return
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     for step in range(start, total):
