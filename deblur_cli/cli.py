@@ -629,8 +629,8 @@ def train_command(
     jpeg: float = typer.Option(None, "--jpeg", help="Share of blurred inputs JPEG re-compressed [default: 0.3]."),
     highlights: float = typer.Option(None, "--highlights", help="Share of images with clipped, boosted "
                                      "highlights [default: 0.25]."),
-    shot_noise: float = typer.Option(None, "--shot-noise", help="Max Poisson noise gain [default: 0.01]."),
-    noise: float = typer.Option(None, "--noise", help="Max Gaussian noise sigma [default: 0.02]."),
+    shot_noise: float = typer.Option(None, "--shot-noise", help="Max Poisson noise gain [default: 0.0005]."),
+    noise: float = typer.Option(None, "--noise", help="Max Gaussian noise sigma [default: 0.01]."),
     skip_bad: bool = typer.Option(None, "--skip-bad", help="Skip (and count) unreadable, unmatched or "
                                   "mismatched files instead of stopping."),
     val_fraction: float = typer.Option(None, "--val-fraction", help="Files held out for validation [default: 0.05]."),

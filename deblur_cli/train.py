@@ -100,10 +100,10 @@ class TrainConfig:
     critic_channels: int = 64
     blur_strength: tuple[float, float] = (2.0, 60.0)  # path length in pixels
     blur_families: tuple[str, ...] = shake.TRAIN_FAMILIES
-    noise: float = 0.02
-    shot_noise: float = 0.01
-    highlights: float = 0.25
-    jpeg: float = 0.3
+    noise: float = shake.Realism.noise  # camera effects on the blurred input (shake.Realism)
+    shot_noise: float = shake.Realism.shot_noise
+    highlights: float = shake.Realism.highlights
+    jpeg: float = shake.Realism.jpeg
     val_align: int = 4  # validation also scores the best integer shift within this many pixels
     vgg_weights: str | None = None
     seed: int = 0
