@@ -23,6 +23,12 @@ Heuristics (measured on the grayscale image at 640 px long side):
 
 The validation split is chosen per photo by a salted hash of its id (or of its `groups` entry,
 so near-duplicate shots stay on one side): adding or removing a photo never moves another one.
+A source with `"split": "train"` sends all its photos to training: the validation split is fixed
+(a training campaign's learning curve is measured on it across sessions), so sources added after
+it was drawn only grow the training split.
+
+Names: a photo's name is its file's stem, or, with `"name_from_dir": N`, the N-th component of its
+path inside the package (for packages that store every picture as `<Name>/.../<W>x<H>.png`).
 """
 
 from __future__ import annotations
@@ -159,6 +165,22 @@ def output_size(size: tuple[int, int], long_side: int) -> tuple[int, int]:
     return max(1, round(w * scale)), max(1, round(h * scale))
 
 
+def split_for(split_key: str, source: dict, cfg: dict) -> str:
+    """The source's fixed split if it names one (new sources: "train"), else the salted hash split."""
+    fixed = source.get("split")
+    if fixed is not None:
+        if fixed not in ("train", "val"):
+            raise ValueError(f"split must be 'train' or 'val', not {fixed!r}")
+        return fixed
+    return split_of(split_key, cfg["val_fraction"], cfg["split_salt"])
+
+
+def name_of(rel: Path, source: dict) -> str:
+    """A photo's name inside its source: the file stem, or the path component `name_from_dir` names."""
+    idx = source.get("name_from_dir")
+    return rel.stem if idx is None else rel.parts[idx]
+
+
 def photo_id(source: str, name: str) -> str:
     safe = "".join(c if c.isalnum() or c in "-_." else "-" for c in name)
     return f"{source}__{safe}"
@@ -283,12 +305,13 @@ def candidates(root: Path, source: dict) -> Iterator[tuple[str, str, bytes]]:
     for pattern in source["glob"]:
         for path in sorted(root.glob(pattern)):
             rel = str(path.relative_to(root))
+            name = name_of(path.relative_to(root), source)
             if source.get("container") == "eet":
                 data = largest_jpeg(path.read_bytes())
                 if data is not None:
-                    yield path.stem, rel, data
+                    yield name, rel, data
             else:
-                yield path.stem, rel, path.read_bytes()
+                yield name, rel, path.read_bytes()
 
 
 def decide(name: str, source: dict, m: Measures, size: tuple[int, int], cfg: dict) -> tuple[bool, str, bool]:
@@ -332,7 +355,7 @@ def process_source(key: str, source: dict, cfg: dict, work: Path, cache: Path, u
         size = output_size(rgb.size, cfg["long_side"])
         out = rgb.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0) if size != rgb.size else rgb
         jpeg = encode_jpeg(out, cfg["jpeg_quality"])
-        split = split_of(split_key, cfg["val_fraction"], cfg["split_salt"])
+        split = split_for(split_key, source, cfg)
         entry = Entry(file=f"{split}/{pid}.jpg", id=pid, source=key, package_version=version,
                       original_path=rel, licence=licence_for(name, rel, source), width=size[0], height=size[1],
                       original_width=rgb.size[0], original_height=rgb.size[1], split=split, flat=m.flat,
@@ -410,6 +433,9 @@ def main(argv: list[str] | None = None) -> int:
                 for name, reason, entry, data in process_source(key, all_sources[key], cfg, Path(tmp), args.cache,
                                                                 updated, log, review):
                     c["candidates"] += 1
+                    if entry is not None and entry.id in blobs:
+                        log(f"error: two candidates are both named {entry.id}; give the source a name_from_dir")
+                        return 1
                     if entry is not None:
                         c["kept"] += 1
                         c[entry.split] += 1

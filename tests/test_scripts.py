@@ -112,12 +112,33 @@ def test_reviewed_lists_win_over_heuristics() -> None:
     assert "too small" in get_photos.decide("a", source, good, (1200, 900), cfg)[1]
 
 
+def test_a_source_can_pin_its_split_and_name_photos_by_folder() -> None:
+    cfg = {"val_fraction": 0.2, "split_salt": "msdn-photos-v5"}
+    assert get_photos.split_for("opencv-aloe", {}, cfg) == "val"  # no fixed split: the salted hash decides
+    assert get_photos.split_for("opencv-aloe", {"split": "train"}, cfg) == "train"
+    with pytest.raises(ValueError):
+        get_photos.split_for("x", {"split": "test"}, cfg)
+    rel = Path("usr/share/wallpapers/Path/contents/images/2560x1600.jpg")
+    assert get_photos.name_of(rel, {}) == "2560x1600"
+    assert get_photos.name_of(rel, {"name_from_dir": 3}) == "Path"
+
+
+def test_candidates_use_folder_names(tmp_path: Path) -> None:
+    for name in ("A", "B"):
+        d = tmp_path / "w" / name / "images"
+        d.mkdir(parents=True)
+        (d / "1920x1080.jpg").write_bytes(name.encode())
+    got = list(get_photos.candidates(tmp_path, {"glob": ["w/*/images/*.jpg"], "name_from_dir": 1}))
+    assert got == [("A", "w/A/images/1920x1080.jpg", b"A"), ("B", "w/B/images/1920x1080.jpg", b"B")]
+
+
 def test_photo_sources_config_is_consistent() -> None:
     cfg = get_photos.load_config()
     for key, source in cfg["sources"].items():
         assert source["kind"] in ("deb", "pypi"), key
         assert source["licence"] and "?" not in source["licence"], key
         assert not set(source.get("allow", [])) & set(source.get("deny", {})), key
+        assert source.get("split") in (None, "train"), key  # the validation split is fixed: new sources train
     assert cfg["min_val_photos"] >= 10 and 0 < cfg["val_fraction"] < 0.5
 
 
