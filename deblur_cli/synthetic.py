@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from deblur_cli import metrics, shake
@@ -42,16 +43,28 @@ class PhotoBank:
     def __len__(self) -> int:
         return len(self.photos)
 
-    def batch(self, n: int, size: int, generator: torch.Generator) -> Tensor:
-        """(n, 3, size, size) uint8 random crops with random flips and 90-degree turns."""
+    def batch(self, n: int, size: int, generator: torch.Generator,
+              scales: tuple[float, float] = (1.0, 1.0)) -> Tensor:
+        """(n, 3, size, size) uint8 random crops with random flips and 90-degree turns.
+
+        Each crop is taken at a random scale in `scales` (area-downsampled from a size/scale
+        window): few photos then give many different images, and downsampling sharpens what
+        little blur the originals have, so the target is sharper than the photo.
+        """
         out = torch.empty(n, 3, size, size, dtype=torch.uint8)
         picks = torch.randint(len(self.photos), (n,), generator=generator).tolist()
+        lo, hi = scales
         for i, p in enumerate(picks):
             photo = self.photos[p]
             h, w = photo.shape[-2:]
-            top = int(torch.randint(0, max(h - size, 0) + 1, (1,), generator=generator))
-            left = int(torch.randint(0, max(w - size, 0) + 1, (1,), generator=generator))
-            crop = photo[:, top:top + size, left:left + size]
+            scale = lo + (hi - lo) * float(torch.rand(1, generator=generator))
+            window = min(int(round(size / scale)), h, w)
+            top = int(torch.randint(0, max(h - window, 0) + 1, (1,), generator=generator))
+            left = int(torch.randint(0, max(w - window, 0) + 1, (1,), generator=generator))
+            crop = photo[:, top:top + window, left:left + window]
+            if window != size:
+                crop = F.interpolate(crop[None].float(), size=(size, size), mode="area" if window > size
+                                     else "bilinear")[0].round_().clamp_(0, 255).to(torch.uint8)
             hflip, vflip = torch.randint(0, 2, (2,), generator=generator).tolist()
             crop = crop.flip(-1) if hflip else crop
             crop = crop.flip(-2) if vflip else crop
@@ -60,10 +73,11 @@ class PhotoBank:
 
 
 def training_pair(bank: PhotoBank, batch_size: int, crop: int, families: tuple[str, ...],
-                  lengths: tuple[float, float], realism: shake.Realism, seed: int, step: int) -> tuple[Tensor, Tensor]:
+                  lengths: tuple[float, float], realism: shake.Realism, seed: int, step: int,
+                  scales: tuple[float, float] = (1.0, 1.0)) -> tuple[Tensor, Tensor]:
     """(blurred, sharp) float CPU batch of `crop` px for `step`; the crops carry a blur margin."""
     generator = torch.Generator().manual_seed(mix_seed(seed, 0xB4, step))
-    big = bank.batch(batch_size, crop + 2 * shake.margin_for(lengths[1]), generator)
+    big = bank.batch(batch_size, crop + 2 * shake.margin_for(lengths[1]), generator, scales)
     return shake.blur(big.float() / 255.0, families, lengths, generator, realism)
 
 
@@ -105,8 +119,8 @@ def _centre(photo: Tensor, size: int) -> Tensor:
     if h < size or w < size:
         pad_h, pad_w = max(size - h, 0), max(size - w, 0)
         mode = "reflect" if pad_h < h and pad_w < w else "replicate"
-        photo = torch.nn.functional.pad(photo[None].float(), (pad_w // 2, pad_w - pad_w // 2, pad_h // 2,
-                                                              pad_h - pad_h // 2), mode=mode)[0].to(photo.dtype)
+        padding = (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2)
+        photo = F.pad(photo[None].float(), padding, mode=mode)[0].to(photo.dtype)
         h, w = photo.shape[-2:]
     top, left = (h - size) // 2, (w - size) // 2
     return photo[:, top:top + size, left:left + size]

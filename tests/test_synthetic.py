@@ -1,0 +1,118 @@
+"""The in-memory photo bank, training batches and the fixed validation pairs (deblur_cli.synthetic)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from skimage import data as skdata
+
+from deblur_cli import metrics, shake
+from deblur_cli import synthetic as S
+from deblur_cli.data import Sample
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory: pytest.TempPathFactory) -> list[Sample]:
+    root = tmp_path_factory.mktemp("photos")
+    out = []
+    for name in ("astronaut", "coffee", "chelsea"):
+        path = root / f"{name}.png"
+        Image.fromarray(getattr(skdata, name)()[:200, :240]).save(path)
+        out.append(Sample(sharp=path))
+    return out
+
+
+def test_bank_decodes_once_and_cuts_deterministic_crops(photos: list[Sample], monkeypatch) -> None:
+    bank = S.PhotoBank(photos)
+    monkeypatch.setattr(S, "read_rgb", lambda path: pytest.fail("a batch must not decode files"))
+    a = bank.batch(6, 64, torch.Generator().manual_seed(1))
+    b = bank.batch(6, 64, torch.Generator().manual_seed(1))
+    c = bank.batch(6, 64, torch.Generator().manual_seed(2))
+    assert a.shape == (6, 3, 64, 64) and a.dtype == torch.uint8
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    # each crop (up to a flip / quarter turn) is a window of one of the photos
+    originals = [p.permute(1, 2, 0).numpy() for p in bank.photos]
+    for crop in a:
+        views = [torch.rot90(v, k, dims=(-2, -1)) for v in (crop, crop.flip(-1)) for k in range(4)]
+        assert any(_occurs(v.permute(1, 2, 0).numpy(), o) for v in views for o in originals)
+
+
+def _occurs(window: np.ndarray, photo: np.ndarray) -> bool:
+    h, w = window.shape[:2]
+    for top in range(photo.shape[0] - h + 1):
+        rows = np.nonzero((photo[top, : photo.shape[1] - w + 1] == window[0, 0]).all(axis=-1))[0]
+        if any(np.array_equal(photo[top:top + h, left:left + w], window) for left in rows):
+            return True
+    return False
+
+
+def test_scaled_crops_are_area_downsampled_windows() -> None:
+    photo = torch.randint(0, 256, (3, 40, 40), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    bank = S.PhotoBank([])
+    bank.photos = [photo]
+    crop = bank.batch(1, 20, torch.Generator().manual_seed(0), scales=(0.5, 0.5))[0]  # the 40 px window -> 20 px
+    expected = F.avg_pool2d(photo[None].float(), 2).round().to(torch.uint8)[0]
+    views = [torch.rot90(v, k, dims=(-2, -1)) for v in (crop, crop.flip(-1)) for k in range(4)]  # undo D4
+    assert any(torch.equal(v, expected) for v in views)
+
+
+def test_training_pair_is_a_function_of_seed_and_step(photos: list[Sample]) -> None:
+    bank = S.PhotoBank(photos)
+    args = (bank, 4, 48, shake.TRAIN_FAMILIES, (2.0, 12.0), shake.Realism())
+    b1, s1 = S.training_pair(*args, 0, 7, (0.5, 1.0))
+    b2, s2 = S.training_pair(*args, 0, 7, (0.5, 1.0))
+    b3, _ = S.training_pair(*args, 0, 8, (0.5, 1.0))
+    assert b1.shape == s1.shape == (4, 3, 48, 48)
+    assert torch.equal(b1, b2) and torch.equal(s1, s2) and not torch.equal(b1, b3)
+    assert (b1 - s1).abs().mean() > 0.005  # blurred
+
+
+def test_validation_pairs_are_fixed_per_photo_name(photos: list[Sample]) -> None:
+    levels = {"mild": (3.0, 8.0), "extreme": (30.0, 60.0)}
+    pairs = S.validation_pairs(photos[:2], 64, seed=3, levels=levels)
+    assert [(p.name, p.level, p.group) for p in pairs[:4]] == [
+        ("astronaut", "mild", "train"), ("astronaut", "mild", "held-out"),
+        ("astronaut", "extreme", "train"), ("astronaut", "extreme", "held-out")]
+    assert all(p.blurred.shape == p.sharp.shape == (1, 3, 64, 64) and p.blurred.dtype == torch.uint8 for p in pairs)
+    # adding a photo leaves the others' pairs unchanged (seeds come from names, not positions)
+    more = S.validation_pairs(photos[::-1], 64, seed=3, levels=levels)
+    by = {(p.name, p.level, p.group): p for p in more}
+    assert all(torch.equal(by[(p.name, p.level, p.group)].blurred, p.blurred) for p in pairs)
+    extreme = [p for p in pairs if p.level == "extreme"]
+    mild = [p for p in pairs if p.level == "mild"]
+    mse = lambda ps: np.mean([float((p.blurred.float() - p.sharp.float()).pow(2).mean()) for p in ps])  # noqa: E731
+    assert mse(extreme) > 2 * mse(mild)
+
+
+def test_score_identity_baseline_and_a_perfect_model(photos: list[Sample]) -> None:
+    pairs = S.validation_pairs(photos[:1], 48, seed=0, levels={"mild": (3.0, 8.0)})
+    base = S.score(None, pairs, radius=2)
+    train = next(p for p in pairs if p.group == "train")
+    expected = float(metrics.psnr(train.blurred.float() / 255, train.sharp.float() / 255)[0])
+    assert base["train/mild/psnr"] == pytest.approx(expected) and base["train/psnr"] == pytest.approx(expected)
+    assert base["train/psnr_aligned"] >= base["train/psnr"] - 1.0
+    sharp_of = {p.blurred.numpy().tobytes(): p.sharp for p in pairs}
+    perfect = S.score(lambda x: sharp_of[(x * 255).round().to(torch.uint8).numpy().tobytes()].float() / 255,
+                      pairs, radius=2)
+    assert perfect["held-out/psnr_aligned"] == float("inf") and perfect["train/psnr"] == float("inf")
+    assert set(base) == {f"{k}/{m}" for k in ("train", "train/mild", "held-out", "held-out/mild")
+                         for m in ("psnr", "psnr_aligned", "ssim_aligned")}
+
+
+def test_centre_pads_small_photos() -> None:
+    photo = torch.arange(3 * 10 * 12, dtype=torch.uint8).view(3, 10, 12)
+    out = S._centre(photo, 16)
+    assert out.shape == (3, 16, 16) and torch.equal(out[:, 3:13, 2:14], photo)
+    assert torch.equal(S._centre(photo, 6), photo[:, 2:8, 3:9])
+
+
+def test_missing_photo_file_is_a_clear_error(tmp_path: Path) -> None:
+    from deblur_cli.errors import MsdnError
+
+    with pytest.raises(MsdnError, match="cannot read image"):
+        S.PhotoBank([Sample(sharp=tmp_path / "gone.png")])
