@@ -32,7 +32,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DataLoader
 
 from deblur_cli import data as D
@@ -213,6 +213,24 @@ def cosine_factor(step: int, total: int, warmup: int = 0, final_ratio: float = 1
         return (step + 1) / warmup
     t = min((step - warmup) / max(total - warmup, 1), 1.0)
     return final_ratio + (1.0 - final_ratio) * 0.5 * (1.0 + math.cos(math.pi * t))
+
+
+def ema_decay_at(decay: float, averaged: int) -> float:
+    """The EMA decay after `averaged` updates: (1 + n) / (10 + n), capped at `decay`.
+
+    A fixed 0.999 from step 0 keeps 25% of the untrained network in the average after 1,400
+    steps; the warm-up (as in TensorFlow's and timm's EMA) averages about the last tenth of the
+    run until the cap takes over.
+    """
+    return min(decay, (1 + averaged) / (10 + averaged))
+
+
+def ema_update(decay: float) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
+    """`AveragedModel`'s avg_fn for an EMA with `ema_decay_at`'s warm-up."""
+    def update(average: Tensor, current: Tensor, averaged: Tensor) -> Tensor:
+        d = ema_decay_at(decay, int(averaged))
+        return average + (current - average) * (1.0 - d)
+    return update
 
 
 def rng_state() -> dict[str, Any]:
@@ -617,7 +635,7 @@ def _train(config: TrainConfig, model_config: MSDNConfig, checkpoint: dict[str, 
     g_forward = torch.compile(g_train) if config.compile else g_train
 
     # EMA of the generator: what validation scores and export ships (steadier than the last step)
-    ema = AveragedModel(generator, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay), use_buffers=True) \
+    ema = AveragedModel(generator, avg_fn=ema_update(config.ema_decay), use_buffers=True) \
         if config.ema_decay > 0 else None
     if ema is not None and checkpoint is not None and checkpoint.get("ema"):
         ema.load_state_dict(checkpoint["ema"])

@@ -274,3 +274,12 @@ def test_ema_is_what_validation_scores_and_export_ships(photos: Path, tmp_path: 
     val = [e for e in rec.events if e["event"] == "val"][-1]
     for key in ("psnr", "ssim", "train/psnr_aligned_gain", "held-out/extreme/psnr_aligned_gain", "seconds"):
         assert key in val
+
+
+def test_ema_decay_warms_up_to_its_cap() -> None:
+    assert T.ema_decay_at(0.999, 0) == pytest.approx(0.1)
+    assert T.ema_decay_at(0.999, 90) == pytest.approx(0.91)
+    assert T.ema_decay_at(0.999, 10**6) == 0.999
+    update = T.ema_update(0.999)
+    avg, cur = torch.zeros(3), torch.ones(3)
+    torch.testing.assert_close(update(avg, cur, torch.tensor(90)), torch.full((3,), 0.09))
