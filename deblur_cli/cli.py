@@ -557,11 +557,11 @@ def eval_command(
 # --- train ---
 
 
-def _strength(text: str) -> tuple[float, float]:
+def _range(text: str, option: str, example: str) -> tuple[float, float]:
     try:
         lo, hi = (float(v) for v in text.split(","))
     except ValueError:
-        raise MsdnError(f"--blur-strength takes LO,HI in pixels (e.g. 3,30), got {text!r}") from None
+        raise MsdnError(f"{option} takes LO,HI (e.g. {example}), got {text!r}") from None
     return lo, hi
 
 
@@ -626,6 +626,8 @@ def train_command(
                                       "[default: 2,60]."),
     blur_families: str = typer.Option(None, "--blur-families", help="Trajectory families to train on, comma "
                                       "separated: poly, walk, line, rotate, tremor [default: all but tremor]."),
+    crop_scales: str = typer.Option(None, "--crop-scales", help="Cut training crops at a random scale LO,HI "
+                                    "(area downsampling) [default: 0.5,1]."),
     jpeg: float = typer.Option(None, "--jpeg", help="Share of blurred inputs JPEG re-compressed [default: 0.3]."),
     highlights: float = typer.Option(None, "--highlights", help="Share of images with clipped, boosted "
                                      "highlights [default: 0.25]."),
@@ -708,7 +710,9 @@ def train_command(
     paths = {"val_data": val_data, "vgg_weights": vgg_weights, "export": export}
     given.update({k: str(v) for k, v in paths.items() if v is not None})
     if blur_strength is not None:
-        given["blur_strength"] = _strength(blur_strength)
+        given["blur_strength"] = _range(blur_strength, "--blur-strength", "2,60 pixels")
+    if crop_scales is not None:
+        given["crop_scales"] = _range(crop_scales, "--crop-scales", "0.5,1")
     if blur_families is not None:
         given["blur_families"] = tuple(f.strip() for f in blur_families.split(",") if f.strip())
     if compile_model is not None:

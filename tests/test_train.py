@@ -200,6 +200,11 @@ def test_cli_train_and_errors(photos: Path, tmp_path: Path) -> None:
         (["--data", str(photos), "--synthetic-blur", "--crop", "4096"], "no usable training images"),
         (["--data", str(photos), "--blur-strength", "3"], "--blur-strength"),
         (["--data", str(photos), "--content-loss", "mse"], "unknown content loss"),
+        (["--data", str(photos), "--crop-scales", "0.5"], "--crop-scales takes LO,HI (e.g. 0.5,1)"),
+        (["--data", str(photos), "--crop-scales", "0,1"], "crop scales must be 0 < LO <= HI <= 1"),
+        (["--data", str(photos), "--blur-families", "poly,zigzag"], "unknown blur families zigzag"),
+        (["--data", str(photos), "--recipe", "gan"], "unknown --recipe 'gan'; use cpu or paper"),
+        (["--data", str(photos), "--threads", "0"], "threads must be at least 1"),
         (["--resume", str(tmp_path / "nothing")], "checkpoint not found"),
         (["--resume", str(tmp_path / "empty.pt")], "is not a loadable training checkpoint (EOFError)"),
         ([], "pass --data"),
@@ -283,3 +288,18 @@ def test_ema_decay_warms_up_to_its_cap() -> None:
     update = T.ema_update(0.999)
     avg, cur = torch.zeros(3), torch.ones(3)
     torch.testing.assert_close(update(avg, cur, torch.tensor(90)), torch.full((3,), 0.09))
+
+
+def test_cli_recipe_sets_defaults_once_and_options_override(photos: Path, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[T.TrainConfig] = []
+    monkeypatch.setattr(T, "train", lambda config, model_config, **kw: seen.append(config))
+    base = ["train", "--data", str(photos), "--synthetic-blur", "--checkpoint-dir", str(tmp_path / "r")]
+    assert CliRunner().invoke(app, base).exit_code == 0
+    assert CliRunner().invoke(app, [*base, "--recipe", "paper", "--crop", "128"]).exit_code == 0
+    assert CliRunner().invoke(app, [*base, "--crop-scales", "0.25,0.5", "--blur-families", "line,tremor"]).exit_code == 0
+    cpu, paper, custom = seen
+    assert cpu == T.TrainConfig(data=str(photos), synthetic_blur=True, checkpoint_dir=str(tmp_path / "r"))
+    assert (paper.content_loss, paper.adv_weight, paper.lr, paper.schedule, paper.crop) == \
+        ("perceptual", 1.0, 1e-4, "paper", 128)  # the recipe, then the option given
+    assert custom.crop_scales == (0.25, 0.5) and custom.blur_families == ("line", "tremor")
