@@ -1,4 +1,4 @@
-"""scripts/plot_curve.py: the learning curve read from a run's metrics log."""
+"""scripts/plot_curve.py and scripts/example_crops.py: the figures docs and the README show."""
 
 from __future__ import annotations
 
@@ -30,3 +30,16 @@ def test_curve_counts_training_and_validation_time() -> None:
 
 def test_missing_log_is_an_error(tmp_path: Path) -> None:
     assert plot_curve.main([str(tmp_path / "none.jsonl")]) == 1
+
+
+def test_example_crops_are_unresampled_windows() -> None:
+    import torch
+
+    example_crops = importlib.import_module("example_crops")
+    a, b, c = (torch.rand(1, 3, 50, 60, generator=torch.Generator().manual_seed(i)) for i in range(3))
+    out = example_crops.strips(a, b, c, corners=((5, 10), (30, 30)), size=(20, 15), gap=2)
+    assert out.shape == (1, 3, 15 + 2 + 15, 3 * 20 + 4)
+    assert torch.equal(out[..., :15, :20], a[..., 10:25, 5:25])
+    assert torch.equal(out[..., :15, 22:42], b[..., 10:25, 5:25])
+    assert torch.equal(out[..., 17:, 44:64], c[..., 30:45, 30:50])
+    assert bool((out[..., 15:17, :] == 1).all()) and bool((out[..., :, 20:22] == 1).all())  # white gaps
