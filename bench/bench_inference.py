@@ -85,6 +85,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="one repeat, RSS on 4000x3000 unless --rss-size")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--amp", default="none", help="none, bf16 or auto: the precision of timing (1)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--tile", type=int, default=256)
     parser.add_argument("--overlap", type=int, default=32)
@@ -117,9 +118,9 @@ def main() -> None:
         model = build_model("default")
         image = torch.rand(1, 3, 720, 1280, generator=torch.Generator().manual_seed(0))
         tiles = len(plan_axis(720, args.tile, args.overlap)) * len(plan_axis(1280, args.tile, args.overlap))
-        deblur(model, image[..., :256, :256], tile=args.tile, overlap=args.overlap)  # warm-up
-        tiled = best_time(lambda: deblur(model, image, tile=args.tile, overlap=args.overlap), repeats)
-        print(f"(1) 1280x720, default MSDN, fused + channels_last: {tiled:.2f} s "
+        deblur(model, image[..., :256, :256], tile=args.tile, overlap=args.overlap, amp=args.amp)  # warm-up
+        tiled = best_time(lambda: deblur(model, image, tile=args.tile, overlap=args.overlap, amp=args.amp), repeats)
+        print(f"(1) 1280x720, default MSDN, fused + channels_last, amp {args.amp}: {tiled:.2f} s "
               f"({tiles} tiles, {tiled / tiles:.3f} s/tile)")
 
         x = image.contiguous(memory_format=torch.channels_last)
