@@ -148,6 +148,14 @@ def load_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> LoadedImage:
     )
 
 
+def probe_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
+    """(width, height) from the header alone: a bad or oversized file is refused before any real work."""
+    path = Path(path)
+    check_input_file(path)
+    with _open(path, max_pixels) as im:
+        return im.size
+
+
 def check_input_file(path: Path) -> None:
     """The usual ways a path is not a readable file, each as one line (decoding problems come later)."""
     path = Path(path)
