@@ -294,11 +294,12 @@ def _metrics_text(metrics: dict[str, float]) -> str:
 @contextlib.contextmanager
 def _byte_progress(label: str) -> Iterator[Callable[[int, int], None]]:
     """A rich download bar bound to the library's progress(done, total) callback."""
-    from rich.progress import BarColumn, DownloadColumn, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+    from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
+                               TransferSpeedColumn)
 
     columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
                TimeRemainingColumn())
-    with _progress(*columns) as bar:
+    with Progress(*columns, console=console) as bar:  # drawn in logs too: its last state says what arrived
         task = bar.add_task(label, total=None)
         yield lambda done, total: bar.update(task, completed=done, total=total or None)
 
