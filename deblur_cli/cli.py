@@ -185,11 +185,13 @@ def deblur_command(
     import time
 
     from deblur_cli.files import remove_stale_temps
-    from deblur_cli.images import probe_image
+    from deblur_cli.images import DEFAULT_MAX_PIXELS, probe_image
     from deblur_cli.pipeline import check_output, deblur_file, default_output
 
+    limit = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
+    if limit >= 1:  # (a bad --max-pixels is reported with the other options just below)
+        probe_image(image, limit)  # a bad photo is reported before any weights are looked for
     settings = _deblur_settings(tile, overlap, batch_size, amp, quality, max_pixels, model, weights)
-    probe_image(image, settings.max_pixels)  # a bad photo is reported before any weights are looked for
     target = output if output is not None else default_output(image)
     check_output(image, target, overwrite=overwrite)
     generator = _load_deblur_model(model, weights, offline, device)

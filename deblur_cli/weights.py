@@ -467,6 +467,8 @@ def load_manifest(path: Path | None = None) -> Manifest:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise MsdnError(f"cannot read the weights manifest {path} ({exc.strerror or exc})") from None
+    except UnicodeDecodeError:
+        raise MsdnError(f"{path} is not a text file, so not a weights manifest") from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
