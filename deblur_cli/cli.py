@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import signal
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 import typer
+import typer.core
 from rich.console import Console
+from rich.markup import escape
 
 from deblur_cli import __version__
 from deblur_cli.errors import MsdnError
@@ -25,14 +28,35 @@ app = typer.Typer(
 weights_app = typer.Typer(help="List, fetch, verify, export and publish generator weights.", no_args_is_help=True)
 app.add_typer(weights_app, name="weights")
 
-console = Console(stderr=True)
+console = Console(stderr=True)  # progress, warnings and errors; results go to stdout
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+def _flag_metavar(self: typer.core.TyperOption, ctx: Any) -> str | None:
+    """No `<bool>` type column for flags (`--overwrite`, `--help`): they take no value."""
+    return None if self.is_flag else _option_metavar(self, ctx)
+
+
+_option_metavar = typer.core.TyperOption.display_type_rich
+typer.core.TyperOption.display_type_rich = _flag_metavar  # type: ignore[method-assign]
+
+
 def fail(message: str, code: int = 1) -> typer.Exit:
-    """Print a one-line error and return the Exit to raise."""
-    console.print(f"[bold red]Error:[/] {message}", highlight=False, soft_wrap=True)
+    """Print a one-line error and return the Exit to raise (the message is plain text, never markup)."""
+    console.print(f"[bold red]Error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
+
+
+def warn(message: str) -> None:
+    console.print(f"[yellow]Warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C: temporary files are removed and the exit is clean."""
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise Terminated()
 
 
 def friendly_errors(func: F) -> F:
@@ -40,14 +64,28 @@ def friendly_errors(func: F) -> F:
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        previous = signal.signal(signal.SIGTERM, _terminate)
         try:
             return func(*args, **kwargs)
         except MsdnError as exc:
             raise fail(str(exc)) from None
+        except Terminated:
+            raise fail("terminated", code=128 + signal.SIGTERM) from None
         except KeyboardInterrupt:
             raise fail("interrupted", code=130) from None
+        except MemoryError:
+            raise fail("out of memory; use a smaller --tile or --batch-size, or a lower --max-pixels") from None
+        finally:
+            signal.signal(signal.SIGTERM, previous)
 
     return wrapper  # type: ignore[return-value]
+
+
+def _progress(*columns: Any, **options: Any) -> Any:
+    """A rich Progress on stderr, drawn only on a terminal (in a pipe or log it would leave blank lines)."""
+    from rich.progress import Progress
+
+    return Progress(*columns, console=console, disable=not console.is_terminal, **options)
 
 
 def _version(value: bool) -> None:
@@ -82,12 +120,12 @@ def _deblur_settings(tile: int | None, overlap: int | None, batch_size: int, amp
 
 def _load_deblur_model(model: str | None, weights: Path | None, offline: bool, device: str):
     """The generator, with a download bar that appears only if weights are actually fetched."""
-    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+    from rich.progress import BarColumn, DownloadColumn, TextColumn, TransferSpeedColumn
 
     from deblur_cli.pipeline import load_model
 
-    with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                  console=console, transient=True) as bar:
+    with _progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                   transient=True) as bar:
         task = bar.add_task("Downloading weights", total=None, visible=False)
         return load_model(model=model, weights=weights, offline=offline, device=device,
                           download_progress=lambda done, total: bar.update(task, completed=done, total=total or None,
@@ -98,11 +136,11 @@ def _load_deblur_model(model: str | None, weights: Path | None, offline: bool, d
 def _tile_bar(total_files: int | None = None) -> Iterator[Any]:
     """One rich bar. Single file: over tiles, shown once an image needs more than one. Folder: over
     files, advancing by fractions of a file as its tiles finish."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     columns = [TextColumn("{task.description}"), BarColumn()]
     columns += [TextColumn("{task.fields[count]}")] if total_files else [MofNCompleteColumn()]
-    with Progress(*columns, TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=True) as bar:
+    with _progress(*columns, TimeElapsedColumn(), TimeRemainingColumn(), transient=True) as bar:
         task = bar.add_task("Deblurring", total=total_files, visible=bool(total_files), count="")
         yield bar, task
 
@@ -146,22 +184,29 @@ def deblur_command(
     """Remove motion blur from one photo."""
     import time
 
-    from deblur_cli.images import check_input_file
+    from deblur_cli.files import remove_stale_temps
+    from deblur_cli.images import DEFAULT_MAX_PIXELS, probe_image
     from deblur_cli.pipeline import check_output, deblur_file, default_output
 
-    check_input_file(image)
+    limit = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
+    if limit >= 1:  # (a bad --max-pixels is reported with the other options just below)
+        probe_image(image, limit)  # a bad photo is reported before any weights are looked for
+    settings = _deblur_settings(tile, overlap, batch_size, amp, quality, max_pixels, model, weights)
     target = output if output is not None else default_output(image)
     check_output(image, target, overwrite=overwrite)
-    settings = _deblur_settings(tile, overlap, batch_size, amp, quality, max_pixels, model, weights)
     generator = _load_deblur_model(model, weights, offline, device)
+    remove_stale_temps(target.parent)
     start = time.perf_counter()
     with _tile_bar() as (bar, task):
         def on_tiles(done: int, total: int) -> None:
             bar.update(task, completed=done, total=total, visible=total > 1)
 
-        width, height = deblur_file(generator, image, target, settings, progress=on_tiles)
+        result = deblur_file(generator, image, target, settings, progress=on_tiles)
     seconds = time.perf_counter() - start
-    console.print(f"Wrote [bold]{target}[/] ({width}x{height}) in {seconds:.1f} s", highlight=False, soft_wrap=True)
+    for note in result.notes:
+        warn(note)
+    width, height = result.size
+    typer.echo(f"Wrote {target} ({width}x{height}) in {seconds:.1f} s")
 
 
 @app.command("deblur-dir")
@@ -207,8 +252,11 @@ def deblur_dir_command(
         def on_tiles(done: int, total: int) -> None:
             bar.update(task, completed=current[0] + done / max(total, 1))
 
-        report = deblur_directory(generator, jobs, settings, on_file=on_file, progress=on_tiles)
+        report = deblur_directory(generator, jobs, settings, on_file=on_file, progress=on_tiles,
+                                  on_written=lambda job: typer.echo(f"Wrote {job.target}"))  # stdout, one a file
     seconds = time.perf_counter() - start
+    for _, note in report.notes:
+        warn(note)
 
     summary = Table(title=f"msdn deblur-dir {directory} -> {out_dir} ({seconds:.1f} s)")
     summary.add_column("processed", justify="right", style="green")
@@ -253,7 +301,7 @@ def _byte_progress(label: str) -> Iterator[Callable[[int, int], None]]:
 
     columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
                TimeRemainingColumn())
-    with Progress(*columns, console=console) as bar:
+    with Progress(*columns, console=console) as bar:  # drawn in logs too: its last state says what arrived
         task = bar.add_task(label, total=None)
         yield lambda done, total: bar.update(task, completed=done, total=total or None)
 

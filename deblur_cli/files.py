@@ -1,33 +1,167 @@
-"""Atomic file writes, so an interrupted run never leaves a half-written output behind."""
+"""Safe file writes: a file msdn writes is complete on disk before it replaces anything.
+
+Every output, export, checkpoint and report goes through `atomic_write_bytes` (or `atomic_path` for
+a writer that needs a path): the bytes go to a hidden temporary file beside the target, every
+`write` is checked for short counts, the file is flushed and fsynced, its size (and, if asked, its
+content) is checked, it gets the mode a plain `open(..., "w")` would give (or the mode of the file
+it replaces), and only then is it renamed onto the target. On any failure the temporary file is
+removed, the old target stays as it was, and the error is one `MsdnError` line.
+
+Temporary names carry the writing process's id (`.NAME.tmp-PID-XXXXXXXX.EXT`), so a later run can
+tell a temporary file left by a killed process from one that is being written right now, and
+`remove_stale_temps` removes the former.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import re
+import stat
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+
+from deblur_cli.errors import MsdnError, first_line
+
+CHUNK = 1 << 20
+# `.NAME.tmp-PID-RANDOM.EXT`; the PID-less form is what msdn 0.1.0 wrote before the PID was added.
+_TEMP = re.compile(r"^\..*\.tmp-(?:(?P<pid>\d+)-)?[a-z0-9_]{8}(?:\.[A-Za-z0-9]+)?$")
+LEGACY_TEMP_AGE = 3600.0  # seconds after which a PID-less temporary file counts as abandoned
+Verify = Callable[[Path], None]
+
+
+def new_file_mode(target: Path) -> int:
+    """The mode of the file being replaced, else what `open(..., "w")` would give (0666 & ~umask)."""
+    try:
+        return stat.S_IMODE(os.stat(target).st_mode)
+    except OSError:
+        mask = os.umask(0)
+        os.umask(mask)
+        return 0o666 & ~mask
+
+
+def _temp_prefix(target: Path) -> str:
+    return f".{target.stem[:100]}.tmp-{os.getpid()}-"  # a long name must not push the temporary past NAME_MAX
 
 
 @contextlib.contextmanager
-def atomic_path(target: Path) -> Iterator[Path]:
-    """Yield a temporary path beside `target`; rename it onto `target` only if the block succeeds.
+def atomic_path(target: Path, verify: Verify | None = None) -> Iterator[Path]:
+    """Yield a temporary path beside `target`; when the block succeeds, fsync it, run `verify(tmp)`
+    and rename it onto `target`. Any failure removes it and leaves `target` untouched.
 
-    The temporary file lives in the same directory so the final `os.replace` is atomic, and it keeps
-    the target's suffix so libraries that pick a format from the extension still do.
+    The temporary keeps the target's suffix so libraries that pick a format from it still do.
+    OS errors (disk full, I/O error, permissions) become one MsdnError line naming `target`.
     """
     target = Path(target)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}.tmp-", suffix=target.suffix, dir=target.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    mode = new_file_mode(target)
     try:
-        yield tmp_path
-        os.replace(tmp_path, target)
-    except BaseException:
-        tmp_path.unlink(missing_ok=True)
+        fd, name = tempfile.mkstemp(prefix=_temp_prefix(target), suffix=target.suffix, dir=target.parent)
+        os.close(fd)
+    except OSError as exc:
+        raise write_error(target, exc) from None
+    tmp = Path(name)
+    try:
+        yield tmp
+        _finish(tmp, target, mode, verify)
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise write_error(target, exc) from None
         raise
 
 
-def atomic_write_bytes(target: Path, data: bytes) -> None:
-    with atomic_path(target) as tmp:
-        tmp.write_bytes(data)
+def atomic_write_bytes(target: Path, data: bytes, verify: Verify | None = None) -> None:
+    """Write `data` to `target` completely or not at all (see the module docstring)."""
+    with atomic_path(target, verify) as tmp:
+        fd = os.open(tmp, os.O_WRONLY | os.O_TRUNC)
+        try:
+            _write_all(fd, data)
+        finally:
+            os.close(fd)
+        size = tmp.stat().st_size
+        if size != len(data):
+            raise OSError(errno.EIO, f"only {size} of {len(data)} bytes reached the disk")
+
+
+def write_error(target: Path, exc: OSError) -> MsdnError:
+    kept = "; the existing file is unchanged" if Path(target).exists() else ""
+    return MsdnError(f"cannot write {target}: {exc.strerror or first_line(exc)}{kept}")
+
+
+def _write_chunk(fd: int, data: memoryview) -> int:
+    """One `os.write` (a seam for tests that simulate a full or failing disk)."""
+    return os.write(fd, data)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    done = 0
+    while done < len(view):
+        n = _write_chunk(fd, view[done : done + CHUNK])
+        if n <= 0:  # a write that makes no progress: the disk is full
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        done += n
+
+
+def _finish(tmp: Path, target: Path, mode: int, verify: Verify | None) -> None:
+    fd = os.open(tmp, os.O_RDONLY)
+    try:
+        os.fsync(fd)  # delayed allocation reports a full disk here, not at write()
+        os.fchmod(fd, mode)  # mkstemp made it 0600
+    finally:
+        os.close(fd)
+    if verify is not None:
+        verify(tmp)
+    os.replace(tmp, target)
+    with contextlib.suppress(OSError):  # make the rename itself durable where the platform allows
+        dir_fd = os.open(target.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+def is_temp_name(name: str) -> bool:
+    """True for the hidden temporary names `atomic_path` makes."""
+    return _TEMP.match(name) is not None
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists but belongs to someone else
+        return True
+    return True
+
+
+def remove_stale_temps(folder: Path) -> list[Path]:
+    """Remove msdn's temporary files in `folder` whose writer is gone (killed, or the machine lost
+    power); returns what was removed. Files of a process still running are left alone."""
+    removed: list[Path] = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    now = time.time()
+    for entry in entries:
+        match = _TEMP.match(entry.name)
+        if match is None:
+            continue
+        try:
+            if not entry.is_file(follow_symlinks=False):
+                continue
+            pid = match.group("pid")
+            stale = (not _pid_alive(int(pid))) if pid else now - entry.stat().st_mtime > LEGACY_TEMP_AGE
+            if stale:
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
+        except OSError:
+            continue
+    return removed

@@ -13,6 +13,7 @@ write 16-bit RGB either, so those are written by the small numpy + zlib PNG and 
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import os
 import struct
@@ -29,7 +30,7 @@ from PIL import Image, ImageCms, ImageFile, UnidentifiedImageError, features
 from torch import Tensor
 
 from deblur_cli.errors import MsdnError, first_line
-from deblur_cli.files import atomic_path
+from deblur_cli.files import atomic_write_bytes, write_error
 
 # Extensions read from directories and written by `save_image`, with the Pillow format each writes.
 OUTPUT_FORMATS: dict[str, str] = {
@@ -145,6 +146,14 @@ def load_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> LoadedImage:
         icc_profile=icc,
         exif=exif,
     )
+
+
+def probe_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
+    """(width, height) from the header alone: a bad or oversized file is refused before any real work."""
+    path = Path(path)
+    check_input_file(path)
+    with _open(path, max_pixels) as im:
+        return im.size
 
 
 def check_input_file(path: Path) -> None:
@@ -294,19 +303,30 @@ def output_format(path: Path) -> str:
     return fmt
 
 
-def save_image(path: Path, loaded: LoadedImage, rgb: Tensor, quality: int = 95) -> None:
+def save_image(path: Path, loaded: LoadedImage, rgb: Tensor, quality: int = 95) -> list[str]:
     """Write `rgb` in the shape of `loaded`: same bit depth, grayscale-ness, alpha, ICC and EXIF where
-    the format allows (JPEG has no alpha; JPEG, WebP and BMP have no 16 bits; BMP has no metadata)."""
+    the format allows (JPEG has no alpha; JPEG, WebP and BMP have no 16 bits; BMP has no metadata).
+
+    Returns notes for the user about what the format could not keep (e.g. transparency in a JPEG,
+    which is composited on white as a viewer would show it).
+    """
     path = Path(path)
     fmt = output_format(path)
     check_output_dir(path)
     if rgb.shape[-2:] != loaded.rgb.shape[-2:]:
         raise ValueError(f"rgb is {tuple(rgb.shape)}, the loaded image {tuple(loaded.rgb.shape)}")
+    notes: list[str] = []
     bits = 16 if loaded.bit_depth == 16 and fmt in ("PNG", "TIFF") else 8
     color = _tensor_to_hwc(rgb)
     if loaded.is_gray:
         color = color @ np.array([0.299, 0.587, 0.114], dtype=np.float32)[:, None]  # Pillow's L weights
-    alpha = None if loaded.alpha is None or fmt == "JPEG" else _tensor_to_hwc(loaded.alpha)
+    alpha = None if loaded.alpha is None else _tensor_to_hwc(loaded.alpha)
+    if alpha is not None and fmt == "JPEG":
+        if float(alpha.min()) < 1.0:
+            color = color * alpha + (1.0 - alpha)  # what a viewer shows on a white page
+            notes.append(f"{path.name}: JPEG has no transparency; transparent areas were composited on white "
+                         "(write .png, .webp or .tif to keep them)")
+        alpha = None
     planes = _quantize(color if alpha is None else np.concatenate([color, alpha], axis=2), bits)
     icc, exif = loaded.icc_profile, loaded.exif
     if fmt == "BMP":
@@ -314,13 +334,14 @@ def save_image(path: Path, loaded: LoadedImage, rgb: Tensor, quality: int = 95) 
 
     if bits == 16 and planes.shape[2] >= 3:  # Pillow cannot hold 16-bit RGB(A)
         data = _png16(planes, icc, exif) if fmt == "PNG" else _tiff16(planes, icc)
-        _write(path, lambda tmp: tmp.write_bytes(data))
-        return
+        _write(path, data, fmt, loaded.size)
+        return notes
     if bits == 16:  # 16-bit grayscale: Pillow's I;16 (a 16-bit gray + alpha source is opened as RGBA)
         image = Image.fromarray(planes[..., 0].astype("<u2"))  # uint16 -> I;16
     else:
         image = Image.fromarray(planes if planes.shape[2] > 1 else planes[..., 0])  # uint8 -> L, LA, RGB, RGBA
     _save_pil(path, image, fmt, quality=quality, icc_profile=icc, exif=exif)
+    return notes
 
 
 def check_output_dir(path: Path) -> None:
@@ -334,12 +355,24 @@ def check_output_dir(path: Path) -> None:
         raise MsdnError(f"cannot write {path}: it is a directory")
 
 
-def _write(path: Path, writer) -> None:  # noqa: ANN001 - a callable taking the temporary path
+def _write(path: Path, data: bytes | memoryview, fmt: str, size: tuple[int, int]) -> None:
+    """Write an encoded image completely (checked, fsynced, read back) before it replaces anything."""
+    atomic_write_bytes(path, data, verify=lambda tmp: _check_written(tmp, fmt, size))
+
+
+def _check_written(tmp: Path, fmt: str, size: tuple[int, int]) -> None:
+    """The file on disk must read back as the image just encoded (header: format and size)."""
+    old_limit = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None  # the caller already decided this size is fine
     try:
-        with atomic_path(path) as tmp:
-            writer(tmp)
-    except OSError as exc:
-        raise MsdnError(f"cannot write {path}: {exc.strerror or first_line(exc)}") from None
+        with Image.open(tmp) as im:
+            found = (im.format, im.size)
+    except _DECODE_ERRORS as exc:
+        raise OSError(errno.EIO, f"the written file does not read back as {fmt} ({first_line(exc)})") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = old_limit
+    if found != (fmt, tuple(size)):
+        raise OSError(errno.EIO, f"the written file reads back as {found[0]} {found[1]}, not {fmt} {tuple(size)}")
 
 
 def _save_pil(path: Path, image: Image.Image, fmt: str, *, quality: int, icc_profile: bytes | None,
@@ -358,7 +391,12 @@ def _save_pil(path: Path, image: Image.Image, fmt: str, *, quality: int, icc_pro
         options.update(compress_level=PNG_LEVEL)
     elif fmt == "TIFF" and features.check("libtiff"):
         options.update(compression="tiff_deflate")
-    _write(path, lambda tmp: image.save(tmp, format=fmt, **options))
+    buffer = io.BytesIO()  # encode in memory: Pillow's encoders do not check for short writes to a file
+    try:
+        image.save(buffer, format=fmt, **options)
+    except OSError as exc:  # an encoder error
+        raise write_error(path, exc) from None
+    _write(path, buffer.getbuffer(), fmt, image.size)
 
 
 def _chunk(kind: bytes, data: bytes) -> bytes:

@@ -3,16 +3,23 @@
 Kept apart from the CLI so `msdn deblur` and `msdn deblur-dir` share one set of rules (never write
 over an input, never replace an existing file unless asked, never read our own outputs back in)
 and so those rules are tested without a terminal.
+
+`deblur-dir` records every output it writes (path, size, mtime) in `OUTDIR/.msdn-outputs.jsonl`.
+That record is how it tells its own earlier outputs from a user's photos: `--overwrite` replaces
+only recorded, unchanged outputs, and a later run over a tree that contains an output folder does
+not take those outputs as new inputs.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from deblur_cli.errors import MsdnError
+from deblur_cli.files import remove_stale_temps
 from deblur_cli.images import (DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, check_output_dir, load_image, output_format,
                                save_image)
 from deblur_cli.inference import AMP_CHOICES
@@ -20,6 +27,7 @@ from deblur_cli.model import MSDN
 from deblur_cli.tiling import validate_tiling
 
 Progress = Callable[[int, int], None]
+RECORD = ".msdn-outputs.jsonl"  # in an output folder: the files deblur-dir wrote there
 
 
 @dataclass(frozen=True)
@@ -103,16 +111,26 @@ def check_output(source: Path, target: Path, overwrite: bool = False) -> None:
     check_output_dir(target)
 
 
+@dataclass(frozen=True)
+class FileResult:
+    size: tuple[int, int]  # (width, height)
+    notes: list[str] = field(default_factory=list)  # what the output format could not keep
+
+
 def deblur_file(model: MSDN, source: Path, target: Path, settings: DeblurSettings = DeblurSettings(),
-                progress: Progress | None = None) -> tuple[int, int]:
-    """Load, deblur and save one photo; returns its (width, height)."""
+                progress: Progress | None = None) -> FileResult:
+    """Load, deblur and save one photo."""
     from deblur_cli.inference import deblur
 
-    loaded = load_image(source, max_pixels=settings.max_pixels)
-    restored = deblur(model, loaded.rgb, tile=settings.tile, overlap=settings.overlap,
-                      batch_size=settings.batch_size, amp=settings.amp, progress=progress)
-    save_image(target, loaded, restored, quality=settings.quality)
-    return loaded.size
+    try:
+        loaded = load_image(source, max_pixels=settings.max_pixels)
+        restored = deblur(model, loaded.rgb, tile=settings.tile, overlap=settings.overlap,
+                          batch_size=settings.batch_size, amp=settings.amp, progress=progress)
+        notes = save_image(target, loaded, restored, quality=settings.quality)
+    except MemoryError:
+        raise MsdnError(f"{source}: not enough memory for this image; lower --max-pixels to refuse such sizes, "
+                        "or free memory") from None
+    return FileResult(loaded.size, notes)
 
 
 # --- a folder ------------------------------------------------------------------------------------
@@ -124,6 +142,7 @@ class Job:
     target: Path
     exists: bool = False  # the output is already there (skipped unless --overwrite)
     clash: Path | None = None  # an earlier input that maps to the same output
+    record: Path | None = None  # the output folder's record of what deblur-dir wrote (see the module docstring)
 
 
 @dataclass
@@ -131,6 +150,8 @@ class BatchReport:
     processed: list[Path] = field(default_factory=list)
     skipped: list[Path] = field(default_factory=list)
     failed: list[tuple[Path, str]] = field(default_factory=list)
+    written: list[Path] = field(default_factory=list)  # the outputs of `processed`, in the same order
+    notes: list[tuple[Path, str]] = field(default_factory=list)
 
 
 def default_output_dir(directory: Path) -> Path:
@@ -151,13 +172,61 @@ def parse_extensions(text: str | None) -> frozenset[str]:
     return frozenset(chosen)
 
 
+def read_record(out_dir: Path) -> dict[str, tuple[int, int]]:
+    """What deblur-dir wrote in `out_dir`: relative path -> (size, mtime_ns) when written."""
+    record: dict[str, tuple[int, int]] = {}
+    try:
+        lines = (Path(out_dir) / RECORD).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return record
+    for line in lines:
+        try:
+            item = json.loads(line)
+            record[str(item["path"])] = (int(item["size"]), int(item["mtime_ns"]))
+        except (ValueError, KeyError, TypeError):
+            continue  # a line cut short by a crash
+    return record
+
+
+def record_output(out_dir: Path, target: Path) -> None:
+    """Note in `out_dir`'s record that deblur-dir wrote `target` (as it is now)."""
+    st = Path(target).stat()
+    line = json.dumps({"path": Path(target).relative_to(out_dir).as_posix(), "size": st.st_size,
+                       "mtime_ns": st.st_mtime_ns})
+    with open(Path(out_dir) / RECORD, "a", encoding="utf-8") as f:
+        f.write(line + "\n")
+
+
+def _recorded(record: dict[str, tuple[int, int]], out_dir: Path, path: Path) -> bool:
+    """True if `path` is an output deblur-dir wrote in `out_dir` and nobody has changed since."""
+    try:
+        st = path.stat()
+        return record.get(path.relative_to(out_dir).as_posix()) == (st.st_size, st.st_mtime_ns)
+    except (OSError, ValueError):
+        return False
+
+
+def _own_output(path: Path, names: set[str]) -> bool:
+    """`a_deblurred.png` beside `a.jpg`: the default output of `msdn deblur a.jpg`."""
+    stem = path.stem.removesuffix("_deblurred")
+    return (path.suffix.lower() == ".png" and stem != path.stem
+            and any(Path(n).stem == stem and Path(n).suffix.lower() in IMAGE_EXTENSIONS for n in names))
+
+
 def _walk(directory: Path, recursive: bool, skip_dir: Path | None) -> Iterable[Path]:
+    """Candidate inputs: never hidden files (our temporaries), never msdn's own earlier outputs."""
+    records: dict[Path, dict[str, tuple[int, int]]] = {}  # output folders met so far, with what they hold
     for root, dirs, files in os.walk(directory):
         here = Path(root)
         dirs[:] = sorted(d for d in dirs if not d.startswith(".") and not _inside(here / d, skip_dir))
-        for name in sorted(files):
-            if not name.startswith("."):  # hidden files include our own half-written temporaries
-                yield here / name
+        if RECORD in files:
+            records[here] = read_record(here)
+        above = [folder for folder in records if here.is_relative_to(folder)]
+        names = {n for n in files if not n.startswith(".")}
+        for name in sorted(names):
+            path = here / name
+            if not (_own_output(path, names) or any(_recorded(records[f], f, path) for f in above)):
+                yield path
         if not recursive:
             return
 
@@ -188,6 +257,7 @@ def plan_directory(directory: Path, out_dir: Path | None = None, *, recursive: b
     sources = [s for s in _walk(directory, recursive, skip_dir)
                if s.suffix.lower() in extensions and not _inside(s, skip_dir)]
     inputs = {s.resolve() for s in sources}
+    record = read_record(out_dir) if overwrite else {}
     jobs: list[Job] = []
     owners: dict[Path, Path] = {}
     for source in sources:
@@ -196,8 +266,14 @@ def plan_directory(directory: Path, out_dir: Path | None = None, *, recursive: b
         if target.resolve() in inputs:
             raise MsdnError(f"the output {target} would replace an input image; choose an output folder "
                             f"outside {directory} with -o")
+        exists = target.exists()
+        if exists and overwrite and not _recorded(record, out_dir, target):
+            raise MsdnError(f"{target} exists and is not an unchanged output of an earlier msdn deblur-dir "
+                            f"(not in {out_dir / RECORD}); refusing to replace it even with --overwrite: "
+                            "move it away or choose another -o")
         key = Path(os.path.normcase(target))
-        jobs.append(Job(source, target, exists=target.exists() and not overwrite, clash=owners.get(key)))
+        jobs.append(Job(source, target, exists=exists and not overwrite, clash=owners.get(key),
+                        record=out_dir / RECORD))
         owners.setdefault(key, source)
     if not jobs:
         kinds = ", ".join(sorted(e.lstrip(".") for e in extensions))
@@ -208,12 +284,16 @@ def plan_directory(directory: Path, out_dir: Path | None = None, *, recursive: b
 
 def deblur_directory(model: MSDN, jobs: list[Job], settings: DeblurSettings = DeblurSettings(), *,
                      on_file: Callable[[int, Job], None] | None = None,
-                     progress: Progress | None = None) -> BatchReport:
+                     progress: Progress | None = None,
+                     on_written: Callable[[Job], None] | None = None) -> BatchReport:
     """Run every job; a file that fails is recorded with its one-line reason and the rest go on.
 
-    `on_file(index, job)` is called before each job, `progress(done_tiles, total_tiles)` during it.
+    `on_file(index, job)` is called before each job, `progress(done_tiles, total_tiles)` during it,
+    `on_written(job)` once its output is complete on disk.
     """
     report = BatchReport()
+    for folder in dict.fromkeys(job.target.parent for job in jobs):
+        remove_stale_temps(folder)  # left by a run that was killed while writing
     for index, job in enumerate(jobs):
         if on_file is not None:
             on_file(index, job)
@@ -229,9 +309,18 @@ def deblur_directory(model: MSDN, jobs: list[Job], settings: DeblurSettings = De
                 job.target.parent.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
                 raise MsdnError(f"cannot create {job.target.parent}: {exc.strerror or exc}") from None
-            deblur_file(model, job.source, job.target, settings, progress=progress)
+            result = deblur_file(model, job.source, job.target, settings, progress=progress)
         except MsdnError as exc:
             report.failed.append((job.source, str(exc)))
-        else:
-            report.processed.append(job.source)
+            continue
+        report.processed.append(job.source)
+        report.written.append(job.target)
+        if on_written is not None:
+            on_written(job)
+        report.notes += [(job.source, note) for note in result.notes]
+        if job.record is not None:
+            try:
+                record_output(job.record.parent, job.target)
+            except OSError:
+                pass  # an unrecorded output is only protected more: --overwrite will not replace it
     return report

@@ -13,6 +13,7 @@ read from the environment at call time (`hub_settings`) and passed explicitly.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -24,13 +25,17 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, safe_open, save_file
+from safetensors.torch import load_file, safe_open
+from safetensors.torch import save as safetensors_bytes
 
 from deblur_cli.errors import MsdnError, first_line
-from deblur_cli.files import atomic_path, atomic_write_bytes
+from deblur_cli.files import atomic_write_bytes, remove_stale_temps
 from deblur_cli.model import MSDN, MSDNConfig
 
 CONFIG_KEY = "msdn_config"
+MAX_LEVELS = 8  # bounds on a config read from a file, far above any MSDN worth running
+MAX_DENSE_LAYERS = 256
+MAX_STEP = 10**9
 MANIFEST_SCHEMA_VERSION = 1
 PACKAGE_DIR = Path(__file__).resolve().parent
 # Module attributes (read at call time) so tests can point them at temporary copies.
@@ -53,8 +58,29 @@ def save_weights(path: Path, state_dict: dict[str, torch.Tensor], config: MSDNCo
     tensors = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().cpu().contiguous()
                for k, v in state_dict.items()}
     meta = {CONFIG_KEY: config.to_json(), "format": "pt", **(metadata or {})}
-    with atomic_path(Path(path)) as tmp:
-        save_file(tensors, str(tmp), metadata=meta)
+    atomic_write_bytes(Path(path), safetensors_bytes(tensors, metadata=meta),
+                       verify=lambda tmp: _check_written(tmp, len(tensors)))
+
+
+def _check_written(tmp: Path, count: int) -> None:
+    """A written weight file must parse back with every tensor (the encoder really finished)."""
+    try:
+        with safe_open(str(tmp), framework="pt") as f:
+            found = len(list(f.keys()))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise OSError(errno.EIO, f"the written file does not read back ({first_line(exc)})") from None
+    if found != count:
+        raise OSError(errno.EIO, f"the written file reads back with {found} of {count} tensors")
+
+
+def side_files(weights: Path) -> tuple[Path, Path]:
+    """The config and model card written beside an exported `X.safetensors`: `X.config.json` and `X.md`.
+
+    Named after X so an export never replaces someone else's `config.json` or `README.md`; `weights
+    push` uploads them as the repository's `config.json` and `README.md`.
+    """
+    weights = Path(weights)
+    return weights.with_name(f"{weights.stem}.config.json"), weights.with_name(f"{weights.stem}.md")
 
 
 def _config_from(data: Any, source: str) -> MSDNConfig:
@@ -74,8 +100,9 @@ def config_json(config: MSDNConfig) -> bytes:
 
 
 def _sibling_config(path: Path) -> MSDNConfig | None:
-    sibling = path.with_name("config.json")
-    if not sibling.is_file():
+    """`X.config.json` (as `export` writes it), else a `config.json` as in a Hub repository."""
+    sibling = next((p for p in (side_files(path)[0], path.with_name("config.json")) if p.is_file()), None)
+    if sibling is None:
         return None
     try:
         data = json.loads(sibling.read_text())
@@ -113,6 +140,15 @@ def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
 
 def torch_load(path: Path, what: str = "PyTorch checkpoint") -> Any:
     """`torch.load(weights_only=True)` onto the CPU (no pickle code runs); a failure is one short MsdnError."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as exc:
+        raise MsdnError(f"cannot read {path}: {exc.strerror or first_line(exc)}") from None
+    if not head:
+        raise MsdnError(f"{path} is empty (0 bytes), not a {what}")
+    if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):  # torch's zip format, or a legacy pickle
+        raise MsdnError(f"{path} is not a {what}: it is not a PyTorch file at all")
     try:
         return torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types here (UnpicklingError, RuntimeError, EOFError...)
@@ -164,7 +200,9 @@ def load_checkpoint(path: Path) -> Checkpoint:
         if isinstance(data.get("metrics"), Mapping):
             metrics.update({str(k): float(v) for k, v in data["metrics"].items() if isinstance(v, (int, float))})
         step = data.get("step")
-        step = int(step) if isinstance(step, int) else None
+        step = int(step) if isinstance(step, int) and not isinstance(step, bool) else None
+        if step is not None and not 0 <= step <= MAX_STEP:
+            raise MsdnError(f"{path} records an impossible training step {step}")
     else:
         config = _sibling_config(path)
         if config is None:
@@ -189,9 +227,30 @@ def load_weights_file(path: Path) -> tuple[MSDNConfig, dict[str, torch.Tensor]]:
 
 
 def build_generator(config: MSDNConfig, state_dict: dict[str, torch.Tensor]) -> MSDN:
-    """An MSDN with these weights (strict: a missing or misshapen key names itself)."""
+    """An MSDN with these weights (strict: a missing or misshapen key names itself).
+
+    The shapes are checked on a storage-less ("meta") model first, so a config that would build an
+    absurdly large network is refused before any memory is allocated for it; weights that are not
+    finite floating-point numbers (which would turn every photo black) are refused too.
+    """
+    check_state(config, state_dict)
     model = MSDN(config)
-    expected = model.state_dict()
+    state = {k: v.float() if v.is_floating_point() else v for k, v in state_dict.items()}
+    model.load_state_dict(state, strict=True)
+    return model
+
+
+def check_state(config: MSDNConfig, state_dict: Mapping[str, torch.Tensor]) -> None:
+    """Refuse weights that do not fit `config`, or are not finite floats, without building the model."""
+    layers = sum(config.encoder_layers) + sum(config.decoder_layers) + config.bottleneck_layers
+    if config.levels > MAX_LEVELS or layers > MAX_DENSE_LAYERS or len(config.pyramid_pools) > MAX_LEVELS:
+        raise MsdnError(f"the model config asks for {config.levels} levels and {layers} dense layers; "
+                        f"an MSDN has at most {MAX_LEVELS} levels and {MAX_DENSE_LAYERS} dense layers")
+    try:
+        with torch.device("meta"):
+            expected = MSDN(config).state_dict()
+    except (ValueError, TypeError, RuntimeError) as exc:
+        raise MsdnError(f"the model config does not build an MSDN: {first_line(exc)}") from None
     for key, want in expected.items():  # network order, so the first misfit named is the earliest layer
         if key in state_dict and state_dict[key].shape != want.shape:
             raise MsdnError(f"weights do not fit the model: '{key}' has shape {tuple(state_dict[key].shape)}, "
@@ -206,9 +265,11 @@ def build_generator(config: MSDNConfig, state_dict: dict[str, torch.Tensor]) -> 
             parts.append(f"unexpected key '{unexpected[0]}'"
                          + (f" (+{len(unexpected) - 1} more)" if len(unexpected) > 1 else ""))
         raise MsdnError(f"weights do not fit the model: {', '.join(parts)}")
-    state = {k: v.float() if v.is_floating_point() else v for k, v in state_dict.items()}
-    model.load_state_dict(state, strict=True)
-    return model
+    for key, value in state_dict.items():
+        if not value.is_floating_point():
+            raise MsdnError(f"weights are not floating-point: '{key}' is {str(value.dtype).removeprefix('torch.')}")
+        if not bool(torch.isfinite(value).all()):
+            raise MsdnError(f"weights are broken: '{key}' holds NaN or infinite values (a diverged training run?)")
 
 
 def sha256_file(path: Path, chunk_size: int = 1 << 20) -> str:
@@ -406,6 +467,8 @@ def load_manifest(path: Path | None = None) -> Manifest:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise MsdnError(f"cannot read the weights manifest {path} ({exc.strerror or exc})") from None
+    except UnicodeDecodeError:
+        raise MsdnError(f"{path} is not a text file, so not a weights manifest") from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -718,11 +781,11 @@ class ExportResult:
 
 def export_checkpoint(checkpoint: Path, output: Path, *, dtype: torch.dtype = torch.float32,
                       name: str | None = None, overwrite: bool = False) -> ExportResult:
-    """Training checkpoint -> safetensors + config.json + README.md beside it (all atomic)."""
+    """Training checkpoint -> X.safetensors + X.config.json + X.md model card beside it (all atomic)."""
     output = Path(output)
     if output.suffix != ".safetensors":
         raise MsdnError(f"the exported file must end in .safetensors: {output}")
-    targets = [output, output.with_name("config.json"), output.with_name("README.md")]
+    targets = [output, *side_files(output)]
     if not output.parent.is_dir():
         raise MsdnError(f"output folder does not exist: {output.parent}")
     existing = [str(t) for t in targets if t.exists()]
@@ -735,7 +798,8 @@ def export_checkpoint(checkpoint: Path, output: Path, *, dtype: torch.dtype = to
         ckpt = Checkpoint(config, state, step, metrics)
     else:
         ckpt = load_checkpoint(Path(checkpoint))
-    build_generator(ckpt.config, ckpt.generator)  # refuse a checkpoint that does not fit its own config
+    check_state(ckpt.config, ckpt.generator)  # refuse a checkpoint that does not fit its own config
+    remove_stale_temps(output.parent)
     name = name or output.stem
     metadata = {"name": name, **({"step": str(ckpt.step)} if ckpt.step is not None else {}),
                 **({"metrics": json.dumps(ckpt.metrics)} if ckpt.metrics else {})}
@@ -776,8 +840,7 @@ def push_weights(name: str, weights: Path, repo_id: str, *, revision: str | None
         raise MsdnError(f"--repo-id must look like 'owner/name', got '{repo_id}'")
     config = read_config(weights)
     metrics, step = _metadata_metrics(read_metadata(weights))
-    config_file = weights.with_name("config.json")
-    readme = weights.with_name("README.md")
+    config_file, readme = side_files(weights)  # never a README.md that merely sits in the same folder
     config_bytes = config_file.read_bytes() if config_file.is_file() else config_json(config)
     readme_bytes = (readme.read_bytes() if readme.is_file()
                     else model_card(name, config, metrics, filename=weights.name, step=step).encode())

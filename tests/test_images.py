@@ -462,7 +462,7 @@ def test_failed_write_leaves_no_temporary_file(tmp_path: Path, monkeypatch: pyte
     target.write_bytes(b"previous contents")
 
     def broken_save(self, fp, *args, **kwargs):
-        Path(fp).write_bytes(b"half a PNG")
+        fp.write(b"half a PNG")
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(Image.Image, "save", broken_save)

@@ -12,7 +12,7 @@ from PIL import Image
 
 from deblur_cli.errors import MsdnError
 from deblur_cli.pipeline import (DeblurSettings, check_output, deblur_directory, default_output, default_output_dir,
-                                 parse_amp, parse_extensions, plan_directory)
+                                 parse_amp, parse_extensions, plan_directory, record_output)
 
 
 def _image(path: Path, size: tuple[int, int] = (12, 10)) -> Path:
@@ -73,6 +73,9 @@ def test_plan_mirrors_filters_and_skips(tmp_path: Path) -> None:
     flat = plan_directory(root, out)
     assert [(j.source.name, j.target, j.exists) for j in flat] == [
         ("a.jpg", out.resolve() / "a.jpg", False), ("b.png", out.resolve() / "b.png", True)]
+    with pytest.raises(MsdnError, match="not an unchanged output of an earlier msdn deblur-dir"):
+        plan_directory(root, out, overwrite=True)  # msdn did not write out/b.png: never replaced
+    record_output(out.resolve(), out.resolve() / "b.png")
     assert [j.exists for j in plan_directory(root, out, overwrite=True)] == [False, False]
 
     deep = plan_directory(root, out, recursive=True, extensions=parse_extensions("png"), fmt="webp")

@@ -206,7 +206,7 @@ def test_cli_train_and_errors(photos: Path, tmp_path: Path) -> None:
         (["--data", str(photos), "--recipe", "gan"], "unknown --recipe 'gan'; use cpu or paper"),
         (["--data", str(photos), "--threads", "0"], "threads must be at least 1"),
         (["--resume", str(tmp_path / "nothing")], "checkpoint not found"),
-        (["--resume", str(tmp_path / "empty.pt")], "is not a loadable training checkpoint (EOFError)"),
+        (["--resume", str(tmp_path / "empty.pt")], "is empty (0 bytes), not a training checkpoint"),
         ([], "pass --data"),
     ]:
         result = runner.invoke(app, ["train", *bad])

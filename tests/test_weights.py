@@ -213,8 +213,8 @@ def test_pickled_code_is_refused(tmp_path):
     torch.save({"generator": NotAStateDict(), "model_config": TINY.to_dict()}, ckpt)
     with pytest.raises(MsdnError, match="is not a loadable PyTorch checkpoint"):
         w.load_generator(weights=ckpt)
-    ckpt.write_bytes(b"")  # truncated to nothing: torch's EOFError has no text
-    with pytest.raises(MsdnError, match=r"is not a loadable PyTorch checkpoint \(EOFError\)"):
+    ckpt.write_bytes(b"")  # truncated to nothing
+    with pytest.raises(MsdnError, match=r"is empty \(0 bytes\), not a PyTorch checkpoint"):
         w.load_generator(weights=ckpt)
 
 
@@ -477,15 +477,20 @@ def test_export_round_trip_and_push_to_the_hub(online, tmp_path, manifest):
                 "best_val_psnr": 26.25}, ckpt)
     out = tmp_path / "pub" / "msdn-tiny.safetensors"
     out.parent.mkdir()
+    unrelated = {name: f"someone else's {name}\n" for name in ("README.md", "config.json")}
+    for name, text in unrelated.items():  # a project folder: its own README and config must survive
+        (out.parent / name).write_text(text)
 
-    result = runner.invoke(app, ["weights", "export", str(ckpt), "-o", str(out)])
+    result = runner.invoke(app, ["weights", "export", str(ckpt), "-o", str(out), "--overwrite"])
     assert result.exit_code == 0, result.output
     printed = json.loads(result.stdout)
     assert printed["sha256"] == w.sha256_file(out) and printed["size_bytes"] == out.stat().st_size
     assert printed["metrics"] == {"best_val_psnr": 26.25} and printed["name"] == "msdn-tiny"
     assert torch.equal(outputs(w.load_generator(weights=out)), outputs(model))
-    assert MSDNConfig.from_dict(json.loads((out.parent / "config.json").read_text())["msdn_config"]) == TINY
-    card = (out.parent / "README.md").read_text()
+    config_file, card_file = out.parent / "msdn-tiny.config.json", out.parent / "msdn-tiny.md"
+    assert MSDNConfig.from_dict(json.loads(config_file.read_text())["msdn_config"]) == TINY
+    assert {name: (out.parent / name).read_text() for name in unrelated} == unrelated
+    card = card_file.read_text()
     assert "| best_val_psnr | 26.25 |" in card and "1234" in card
 
     again = runner.invoke(app, ["weights", "export", str(ckpt), "-o", str(out)])
@@ -504,8 +509,7 @@ def test_export_round_trip_and_push_to_the_hub(online, tmp_path, manifest):
     commit = online.commits[-1]
     assert commit["repo_id"] == "tester/pushed" and commit["authorization"] == "Bearer hf_test_token"
     assert commit["files"] == {"msdn-tiny.safetensors": out.read_bytes(),
-                               "config.json": (out.parent / "config.json").read_bytes(),
-                               "README.md": (out.parent / "README.md").read_bytes()}
+                               "config.json": config_file.read_bytes(), "README.md": card_file.read_bytes()}
     assert online.created[-1]["visibility"] == "private"
     assert new_entry["revision"] == online.branches["tester/pushed"]["main"]
 

@@ -1,0 +1,73 @@
+"""Shared test fixtures.
+
+The input guard: every `CliRunner.invoke` of the tests hashes the files it is given as inputs
+(every existing path among its arguments, files under a folder included) and fails the test if any
+of them changed, disappeared or was replaced by the command. Output options (-o, --export, ...)
+are not inputs: their files may be written, and an input folder's files under them are skipped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+OUTPUT_OPTIONS = frozenset({"-o", "--output", "--export", "--json", "--csv", "--save-images", "--checkpoint-dir",
+                            "--resume"})
+MAX_GUARDED_FILES = 2000  # a folder argument bigger than this is a test's data tree, not worth hashing
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _split(args: Sequence[Any]) -> tuple[list[Path], list[Path]]:
+    """(existing input paths, output paths) named on a command line."""
+    words = [str(a) for a in args]
+    inputs: list[Path] = []
+    outputs: list[Path] = []
+    for i, word in enumerate(words):
+        if word.startswith("--") and "=" in word:
+            option, value = word.split("=", 1)
+            (outputs if option in OUTPUT_OPTIONS else inputs).append(Path(value))
+        elif i > 0 and words[i - 1] in OUTPUT_OPTIONS:
+            outputs.append(Path(word))
+        elif not word.startswith("-"):
+            inputs.append(Path(word))
+    return [p for p in inputs if p.exists()], outputs
+
+
+def input_hashes(args: Sequence[Any]) -> dict[Path, str]:
+    """sha256 of every input file a command line names (see the module docstring)."""
+    inputs, outputs = _split(args)
+    skip = [o.resolve() for o in outputs]
+    hashes: dict[Path, str] = {}
+    for path in inputs:
+        files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+        if len(files) > MAX_GUARDED_FILES:
+            continue
+        for f in files:
+            resolved = f.resolve()
+            if not any(resolved == o or resolved.is_relative_to(o) for o in skip):
+                hashes[resolved] = sha256(resolved)
+    return hashes
+
+
+@pytest.fixture(autouse=True)
+def input_guard(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fail any test whose CLI invocation changed one of its input files."""
+    invoke = CliRunner.invoke
+
+    def guarded(self: CliRunner, cli: Any, args: Any = None, *rest: Any, **kwargs: Any) -> Any:
+        words = [] if args is None else ([args] if isinstance(args, str) else list(args))
+        before = input_hashes(words)
+        result = invoke(self, cli, args, *rest, **kwargs)
+        changed = [str(p) for p, digest in before.items() if not p.is_file() or sha256(p) != digest]
+        assert not changed, f"msdn {' '.join(map(str, words))} changed its input file(s): {', '.join(changed)}"
+        return result
+
+    monkeypatch.setattr(CliRunner, "invoke", guarded)

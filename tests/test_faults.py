@@ -1,0 +1,501 @@
+"""Faults and hostile input: a full or failing disk, a kill mid-write, corrupt files, and the rules that
+keep a user's photos safe. Every case ends in one line and a non-zero exit, never a traceback, and
+never a broken or half-written file in place of a good one.
+
+The disk faults go through `files._write_chunk` (the one `os.write` every msdn output goes through)
+and `os.fsync`; the kills run msdn in a subprocess whose writes stall half-way.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import sha256
+from PIL import Image
+from typer.testing import CliRunner
+
+from deblur_cli import cli, files
+from deblur_cli import weights as w
+from deblur_cli.errors import MsdnError
+from deblur_cli.model import MSDN, MSDNConfig
+
+TINY = MSDNConfig(stem_channels=8, growth_rate=4, encoder_layers=(1, 1), bottleneck_layers=1, decoder_layers=(1, 1),
+                  pyramid_pools=(2, 4))
+FAST = ["--tile", "64", "--overlap", "16", "--device", "cpu"]
+ROOT = Path(__file__).resolve().parents[1]
+FORMATS = ["jpg", "bmp", "png", "tif", "webp"]
+RECORD = ".msdn-outputs.jsonl"  # pipeline.RECORD, spelled out: the record's name is part of the user's folder
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(0)
+    model = MSDN(TINY)
+    with torch.no_grad():
+        model.head.weight.normal_(0, 0.3)
+    path = tmp_path_factory.mktemp("weights") / "tiny.safetensors"
+    w.save_weights(path, model.state_dict(), TINY)
+    return path
+
+
+@pytest.fixture(autouse=True)
+def quiet_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(cli.console, "_width", 240)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+class Result:
+    def __init__(self, code: int, out: str, err: str) -> None:
+        self.code, self.out, self.err = code, out, err
+
+    @property
+    def error_line(self) -> str:
+        lines = self.err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("Error:"), self.err
+        return lines[0]
+
+
+def run(*args: object) -> Result:
+    result = CliRunner().invoke(cli.app, [str(a) for a in args])
+    assert "Traceback" not in result.output, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    return Result(result.exit_code, result.stdout, result.stderr)
+
+
+def photo(path: Path, h: int = 40, w_: int = 50, mode: str = "RGB") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(len(str(path)))
+    channels = {"RGB": 3, "RGBA": 4}[mode]
+    Image.fromarray(rng.integers(0, 256, (h, w_, channels), dtype=np.uint8), mode).save(path)
+    return path
+
+
+def temporaries(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.rglob(".*.tmp-*"))
+
+
+def fail_after(monkeypatch: pytest.MonkeyPatch, budget: int, error: int = errno.ENOSPC) -> None:
+    """The disk takes `budget` more bytes, then every write fails with `error` (a full disk)."""
+    left = [budget]
+
+    def write(fd: int, data: memoryview) -> int:
+        if left[0] <= 0:
+            raise OSError(error, os.strerror(error))
+        n = min(len(data), left[0])
+        left[0] -= n
+        return os.write(fd, data[:n])  # a short write, as write(2) does when the disk fills
+
+    monkeypatch.setattr(files, "_write_chunk", write)
+
+
+# --- 2. a full or failing disk never leaves a broken file in place of a good one --------------------
+
+
+@pytest.mark.parametrize("ext", FORMATS)
+@pytest.mark.parametrize("error", [errno.ENOSPC, errno.EIO])
+def test_disk_full_during_an_image_write_keeps_the_old_output(tmp_path: Path, weights: Path, ext: str, error: int,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    src = photo(tmp_path / "a.png")
+    target = tmp_path / f"out.{ext}"
+    assert run("deblur", src, "-o", target, "--weights", weights, *FAST).code == 0
+    good = sha256(target)
+    fail_after(monkeypatch, 256, error)
+    result = run("deblur", src, "-o", target, "--weights", weights, "--overwrite", *FAST)
+    assert result.code == 1 and os.strerror(error) in result.error_line
+    assert "the existing file is unchanged" in result.error_line and "Wrote" not in result.out
+    assert sha256(target) == good and temporaries(tmp_path) == []
+
+
+@pytest.mark.parametrize("ext", ["jpg", "bmp"])
+def test_a_write_that_silently_loses_bytes_is_caught(tmp_path: Path, weights: Path, ext: str,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The battery's case: the encoder believes it wrote everything, the disk kept less."""
+    src = photo(tmp_path / "a.png")
+    target = tmp_path / f"out.{ext}"
+
+    def lossy(fd: int, data: memoryview) -> int:
+        os.write(fd, data[: len(data) // 2])
+        return len(data)
+
+    monkeypatch.setattr(files, "_write_chunk", lossy)
+    result = run("deblur", src, "-o", target, "--weights", weights, *FAST)
+    assert result.code == 1 and "bytes reached the disk" in result.error_line
+    assert not target.exists() and temporaries(tmp_path) == []
+
+
+def test_short_writes_are_completed(tmp_path: Path, weights: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    src = photo(tmp_path / "a.png")
+    monkeypatch.setattr(files, "_write_chunk", lambda fd, data: os.write(fd, data[:7]))  # 7 bytes a call
+    assert run("deblur", src, "-o", tmp_path / "out.jpg", "--weights", weights, *FAST).code == 0
+    with Image.open(tmp_path / "out.jpg") as im:
+        im.load()
+        assert im.size == (50, 40)
+
+
+def test_fsync_error_keeps_the_old_output(tmp_path: Path, weights: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    src = photo(tmp_path / "a.png")
+    target = tmp_path / "out.png"
+    target.write_bytes(b"an earlier output")
+
+    def broken_fsync(fd: int) -> None:
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    monkeypatch.setattr(os, "fsync", broken_fsync)
+    result = run("deblur", src, "-o", target, "--weights", weights, "--overwrite", *FAST)
+    assert result.code == 1 and "Input/output error" in result.error_line
+    assert target.read_bytes() == b"an earlier output" and temporaries(tmp_path) == []
+
+
+def test_deblur_dir_counts_a_failed_write_as_failed(tmp_path: Path, weights: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    root = tmp_path / "in"
+    photo(root / "a.jpg")
+    photo(root / "b.bmp")
+    fail_after(monkeypatch, 0)
+    result = run("deblur-dir", root, "--weights", weights, *FAST)
+    assert result.code == 1 and result.out == ""  # nothing claimed as written
+    assert "No space left on device" in result.err
+    out = tmp_path / "in_deblurred"
+    assert temporaries(out) == [] and sorted(p.name for p in out.iterdir() if p.name != RECORD) == []
+
+
+def test_export_and_weights_writes_on_a_full_disk(tmp_path: Path, weights: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    ckpt = tmp_path / "best.pt"
+    torch.save({"generator": w.load_weights_file(weights)[1], "model_config": TINY.to_dict(), "step": 3}, ckpt)
+    out = tmp_path / "pub" / "m.safetensors"
+    out.parent.mkdir()
+    assert run("weights", "export", ckpt, "-o", out).code == 0
+    before = {p.name: sha256(p) for p in out.parent.iterdir()}
+    assert set(before) == {"m.safetensors", "m.config.json", "m.md"}
+    fail_after(monkeypatch, 1000)
+    result = run("weights", "export", ckpt, "-o", out, "--overwrite")
+    assert result.code == 1 and "No space left on device" in result.error_line
+    assert {p.name: sha256(p) for p in out.parent.iterdir()} == before
+
+
+# --- 3. modes: what a plain write would give, or the replaced file's ---------------------------------
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_outputs_get_the_umask_mode(tmp_path: Path, weights: Path, umask: int) -> None:
+    src = photo(tmp_path / "a.png")
+    old = os.umask(umask)
+    try:
+        assert run("deblur", src, "-o", tmp_path / "out.jpg", "--weights", weights, *FAST).code == 0
+        files.atomic_write_bytes(tmp_path / "report.json", b"{}")
+        w.save_weights(tmp_path / "g.safetensors", MSDN(TINY).state_dict(), TINY)
+    finally:
+        os.umask(old)
+    for name in ("out.jpg", "report.json", "g.safetensors"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o666 & ~umask, name
+
+
+def test_a_replaced_file_keeps_its_mode(tmp_path: Path, weights: Path) -> None:
+    src = photo(tmp_path / "a.png")
+    target = tmp_path / "out.png"
+    target.write_bytes(b"old")
+    target.chmod(0o640)
+    assert run("deblur", src, "-o", target, "--weights", weights, "--overwrite", *FAST).code == 0
+    assert stat.S_IMODE(target.stat().st_mode) == 0o640 and target.read_bytes() != b"old"
+
+
+# --- 11. SIGKILL / SIGTERM in the middle of a write ----------------------------------------------------
+
+STALLING_MSDN = """
+import os, sys, time
+from deblur_cli import files
+real, marker = files._write_chunk, sys.argv[1]
+def stall(fd, data):
+    n = real(fd, data[: max(1, len(data) // 2)])
+    open(marker, "w").close()
+    time.sleep(120)
+    return n
+files._write_chunk = stall
+from deblur_cli.cli import app
+sys.argv = ["msdn", *sys.argv[2:]]
+app()
+"""
+
+
+def _stalled_msdn(tmp_path: Path, *args: object) -> subprocess.Popen:
+    """msdn in a subprocess, stopped half-way through writing its first file."""
+    marker = tmp_path / "writing"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+           "HF_HOME": str(tmp_path / "hf")}
+    proc = subprocess.Popen([sys.executable, "-c", STALLING_MSDN, str(marker), *map(str, args)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 90
+    while not marker.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"msdn never reached its write: {proc.communicate()}")
+        time.sleep(0.05)
+    return proc
+
+
+def test_sigkill_mid_write_then_a_rerun_completes_and_cleans_up(tmp_path: Path, weights: Path) -> None:
+    src = photo(tmp_path / "a.png", 60, 70)
+    target = tmp_path / "out.png"
+    assert run("deblur", src, "-o", target, "--weights", weights, *FAST).code == 0
+    good = sha256(target)
+    proc = _stalled_msdn(tmp_path, "deblur", src, "-o", target, "--weights", weights, "--overwrite", *FAST)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=30)
+    assert sha256(target) == good  # no partial output where the good one was
+    assert len(temporaries(tmp_path)) == 1  # what a kill -9 leaves behind
+
+    result = run("deblur", src, "-o", target, "--weights", weights, "--overwrite", *FAST)
+    assert result.code == 0 and result.out.startswith(f"Wrote {target}")
+    assert temporaries(tmp_path) == []
+    with Image.open(target) as im:
+        im.load()
+        assert im.size == (70, 60)
+
+
+def test_sigterm_mid_write_is_a_clean_stop(tmp_path: Path, weights: Path) -> None:
+    src = photo(tmp_path / "a.png", 60, 70)
+    target = tmp_path / "out.jpg"
+    target.write_bytes(b"an earlier output")
+    proc = _stalled_msdn(tmp_path, "deblur", src, "-o", target, "--weights", weights, "--overwrite", *FAST)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert err.strip().splitlines() == ["Error: terminated"] and out == ""
+    assert target.read_bytes() == b"an earlier output" and temporaries(tmp_path) == []
+
+
+def test_stale_temporaries_of_live_processes_are_kept(tmp_path: Path) -> None:
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / f".out.tmp-{dead.pid}-abcd1234.png"
+    live = tmp_path / f".out.tmp-{os.getppid()}-abcd1234.png"
+    old_style = tmp_path / ".out.tmp-k3j4h5_x.png"
+    other = tmp_path / ".hidden.png"
+    for p in (stale, live, old_style, other):
+        p.write_bytes(b"x")
+    os.utime(old_style, (time.time() - 7200, time.time() - 7200))
+    assert sorted(files.remove_stale_temps(tmp_path)) == sorted([stale, old_style])
+    assert live.exists() and other.exists()
+
+
+# --- 1 and 4. deblur-dir never replaces a photo it did not write, never eats its own outputs ----------
+
+
+def test_overwrite_never_replaces_an_original_photo(tmp_path: Path, weights: Path) -> None:
+    root = tmp_path / "in"
+    photo(root / "a.jpg")
+    original = photo(root / "s" / "a.jpg", 30, 30)  # a user's photo where a.jpg's output would go
+    before = sha256(original)
+    result = run("deblur-dir", root, "-o", root / "s", "-r", "--overwrite", "--weights", weights, *FAST)
+    assert result.code == 1 and "refusing to replace it even with --overwrite" in result.error_line
+    assert sha256(original) == before
+
+    # an output deblur-dir wrote itself is replaced, and only while unchanged
+    out = tmp_path / "out"
+    assert run("deblur-dir", root, "-o", out, "--weights", weights, *FAST).code == 0
+    assert run("deblur-dir", root, "-o", out, "--overwrite", "--weights", weights, *FAST).code == 0
+    (out / "a.jpg").write_bytes((out / "a.jpg").read_bytes() + b"edited by hand")
+    assert run("deblur-dir", root, "-o", out, "--overwrite", "--weights", weights, *FAST).code == 1
+    assert (out / "a.jpg").read_bytes().endswith(b"edited by hand")
+
+
+def test_a_run_never_takes_msdn_outputs_as_inputs(tmp_path: Path, weights: Path) -> None:
+    parent = tmp_path / "photos"
+    photo(parent / "trip" / "a.jpg")
+    photo(parent / "b.png")
+    assert run("deblur", parent / "b.png", "--weights", weights, *FAST).code == 0  # photos/b_deblurred.png
+    assert run("deblur-dir", parent / "trip", "--weights", weights, *FAST).code == 0  # photos/trip_deblurred/
+    assert run("deblur-dir", parent, "-o", parent / "inner", "-r", "--weights", weights, *FAST).code == 0
+    for _ in range(2):  # twice, with and without -o inside the input
+        result = run("deblur-dir", parent, "-r", "--weights", weights, *FAST)
+        assert result.code == 0, result.err
+    made = sorted(p.relative_to(tmp_path / "photos_deblurred").as_posix()
+                  for p in (tmp_path / "photos_deblurred").rglob("*") if p.is_file() and p.name != RECORD)
+    assert made == ["b.png", "trip/a.jpg"]
+    inner = sorted(p.relative_to(parent / "inner").as_posix()
+                   for p in (parent / "inner").rglob("*") if p.is_file() and p.name != RECORD)
+    assert inner == ["b.png", "trip/a.jpg"]
+
+
+# --- 5. weights that would give black images, or an absurd network ------------------------------------
+
+
+def _weights_with(tmp_path: Path, change) -> Path:  # noqa: ANN001
+    state = MSDN(TINY).state_dict()
+    config = change(state)
+    config = config if isinstance(config, MSDNConfig) else TINY
+    path = tmp_path / "bad.safetensors"
+    w.save_weights(path, state, config)
+    return path
+
+
+@pytest.mark.parametrize("case, change, message", [
+    ("nan", lambda s: s["head.bias"].fill_(float("nan")), "NaN or infinite"),
+    ("inf", lambda s: s["head.bias"].fill_(float("inf")), "NaN or infinite"),
+    ("int", lambda s: s.update({k: v.to(torch.int32) for k, v in s.items()}), "not floating-point"),
+    ("huge", lambda s: MSDNConfig(growth_rate=1_000_000, stem_channels=100_000), "do not fit the model"),
+    ("deep", lambda s: MSDNConfig(encoder_layers=(300,) * 3, decoder_layers=(300,) * 3), "at most"),
+])
+def test_broken_weights_are_refused_at_load(tmp_path: Path, case: str, change, message: str,  # noqa: ANN001
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    src = photo(tmp_path / "a.png")
+    built = []
+    real_init = MSDN.__init__
+
+    def recording_init(self: MSDN, config: MSDNConfig = MSDNConfig()) -> None:
+        if torch.empty(0).device.type != "meta":
+            built.append(config)
+        real_init(self, config)
+
+    path = _weights_with(tmp_path, change)
+    monkeypatch.setattr(MSDN, "__init__", recording_init)
+    result = run("deblur", src, "--weights", path, *FAST)
+    assert result.code == 1 and message in result.error_line
+    assert built == [] and not (tmp_path / "a_deblurred.png").exists()  # refused before any real network
+
+
+# --- 6. export never touches side files it does not own -----------------------------------------------
+
+
+def test_export_leaves_an_unrelated_readme_and_config_alone(tmp_path: Path, weights: Path) -> None:
+    ckpt = tmp_path / "best.pt"
+    torch.save({"generator": w.load_weights_file(weights)[1], "model_config": TINY.to_dict()}, ckpt)
+    (tmp_path / "README.md").write_text("# my project\n")
+    (tmp_path / "config.json").write_text('{"mine": true}\n')
+    assert run("weights", "export", ckpt, "-o", tmp_path / "m.safetensors", "--overwrite").code == 0
+    assert (tmp_path / "README.md").read_text() == "# my project\n"
+    assert (tmp_path / "config.json").read_text() == '{"mine": true}\n'
+    assert w.read_config(tmp_path / "m.safetensors") == TINY
+
+
+# --- 7, 12, 13, 14: messages and streams ----------------------------------------------------------
+
+
+def test_rgba_to_jpeg_is_composited_on_white_and_said(tmp_path: Path, weights: Path) -> None:
+    src = tmp_path / "a.png"
+    pixels = np.zeros((40, 50, 4), np.uint8)  # fully transparent black
+    Image.fromarray(pixels, "RGBA").save(src)
+    result = run("deblur", src, "-o", tmp_path / "a.jpg", "--weights", weights, *FAST)
+    assert result.code == 0
+    assert [line for line in result.err.splitlines() if line] == [
+        "Warning: a.jpg: JPEG has no transparency; transparent areas were composited on white "
+        "(write .png, .webp or .tif to keep them)"]
+    assert np.asarray(Image.open(tmp_path / "a.jpg")).min() >= 250  # white, not the hidden black
+
+
+def test_results_on_stdout_one_line_a_file(tmp_path: Path, weights: Path) -> None:
+    src = photo(tmp_path / "in" / "a.png")
+    photo(tmp_path / "in" / "b.png")
+    single = run("deblur", src, "--weights", weights, *FAST)
+    assert single.code == 0 and single.err == ""
+    assert len(single.out.splitlines()) == 1 and single.out.startswith(f"Wrote {tmp_path / 'in' / 'a_deblurred.png'}")
+    folder = run("deblur-dir", tmp_path / "in", "--weights", weights, *FAST)
+    out_dir = tmp_path / "in_deblurred"
+    assert folder.out.splitlines() == [f"Wrote {out_dir / 'a.png'}", f"Wrote {out_dir / 'b.png'}"]
+    assert "" not in folder.err.splitlines()  # no blank lines left by a progress bar off a terminal
+
+
+def test_bad_photo_is_reported_before_missing_weights(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.jpg"
+    broken.write_text("not a photo " * 20)
+    result = run("deblur", broken, "--offline", *FAST)
+    assert result.code == 1 and "not an image file" in result.error_line
+    big = photo(tmp_path / "big.png")
+    result = run("deblur", big, "--offline", "--max-pixels", "100", *FAST)
+    assert result.code == 1 and "over the limit" in result.error_line
+
+
+def test_out_of_memory_is_one_line(tmp_path: Path, weights: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import deblur_cli.pipeline as pipeline
+
+    def no_memory(*args: object, **kwargs: object) -> None:
+        raise MemoryError()
+
+    monkeypatch.setattr(pipeline, "load_image", no_memory)
+    result = run("deblur", photo(tmp_path / "a.png"), "--weights", weights, "--max-pixels", str(10**12), *FAST)
+    assert result.code == 1 and "not enough memory" in result.error_line
+
+
+def test_messages_keep_brackets_and_help_has_no_bool_metavar(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "deblur_cli.train", None)  # as if kornia were missing
+    result = run("train", "--data", ".")
+    assert result.code == 1 and "pip install 'msdn-deblur[train]'" in result.error_line
+    for command in (["deblur", "--help"], ["deblur-dir", "--help"], ["train", "--help"], ["--help"]):
+        text = run(*command).out
+        assert "<bool>" not in text and "--help" in text, command
+
+
+# --- corrupt and hostile files, for every file msdn reads ---------------------------------------------
+
+
+def _zip_of_text() -> bytes:
+    import io
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("x/data.pkl", "not a pickle")
+    return buf.getvalue()
+
+
+HOSTILE = {
+    "text": b"hello, I am a README\n" * 10,
+    "empty": b"",
+    "random": np.random.default_rng(1).integers(0, 256, 4096, dtype=np.uint8).tobytes(),
+    "zip": _zip_of_text(),
+    "truncated pickle": b"\x80\x02}q\x00(X",
+}
+
+
+@pytest.mark.parametrize("kind", list(HOSTILE))
+@pytest.mark.parametrize("reader", ["image", "weights", "checkpoint", "vgg", "manifest", "record"])
+def test_hostile_files_give_one_line(tmp_path: Path, kind: str, reader: str) -> None:
+    from deblur_cli import pipeline, vgg
+    from deblur_cli.images import load_image
+
+    suffix = {"image": ".png", "weights": ".safetensors", "checkpoint": ".pt", "vgg": ".pth",
+              "manifest": ".json", "record": ""}[reader]
+    path = tmp_path / f"hostile{suffix}"
+    path.write_bytes(HOSTILE[kind])
+    load = {"image": load_image, "weights": lambda p: w.load_generator(weights=p), "checkpoint": w.load_checkpoint,
+            "vgg": vgg.load_vgg19, "manifest": w.load_manifest}.get(reader)
+    if reader == "record":  # a damaged record only protects more: nothing counts as msdn's output
+        (tmp_path / RECORD).write_bytes(HOSTILE[kind])
+        assert pipeline.read_record(tmp_path) == {}
+        return
+    with pytest.raises(MsdnError) as caught:
+        load(path)
+    message = str(caught.value)
+    assert "\n" not in message and str(path) in message
+    if reader in ("checkpoint", "vgg") and kind in ("text", "random"):
+        assert "not a PyTorch file" in message and "run code" not in message
+
+
+def test_checkpoint_with_an_impossible_step_is_refused(tmp_path: Path) -> None:
+    state = MSDN(TINY).state_dict()
+    for step in (-5, 10**15):
+        torch.save({"generator": state, "model_config": TINY.to_dict(), "step": step}, tmp_path / "c.pt")
+        with pytest.raises(MsdnError, match="impossible training step"):
+            w.load_checkpoint(tmp_path / "c.pt")
+
+
+def test_checkpoint_with_wrong_shapes_is_one_line(tmp_path: Path, weights: Path) -> None:
+    state = MSDN(TINY).state_dict()
+    state["stem.weight"] = torch.zeros(1, 2, 3)
+    ckpt = tmp_path / "c.pt"
+    torch.save({"generator": state, "model_config": TINY.to_dict()}, ckpt)
+    result = run("weights", "export", ckpt, "-o", tmp_path / "m.safetensors")
+    assert result.code == 1 and "'stem.weight' has shape (1, 2, 3)" in result.error_line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.pt"]
