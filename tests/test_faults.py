@@ -428,9 +428,9 @@ def test_out_of_memory_is_one_line(tmp_path: Path, weights: Path, monkeypatch: p
     assert result.code == 1 and "not enough memory" in result.error_line
 
 
-def test_messages_keep_brackets_and_help_has_no_bool_metavar(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_messages_keep_brackets_and_help_has_no_bool_metavar(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setitem(sys.modules, "deblur_cli.train", None)  # as if kornia were missing
-    result = run("train", "--data", ".")
+    result = run("train", "--data", tmp_path)
     assert result.code == 1 and "pip install 'msdn-deblur[train]'" in result.error_line
     for command in (["deblur", "--help"], ["deblur-dir", "--help"], ["train", "--help"], ["--help"]):
         text = run(*command).out
