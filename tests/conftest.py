@@ -1,4 +1,4 @@
-"""Shared test fixtures.
+"""Shared test fixtures: the tiny generator config and its weights file, and the input guard.
 
 The input guard: every `CliRunner.invoke` of the tests hashes the files it is given as inputs
 (every existing path among its arguments, files under a folder included) and fails the test if any
@@ -14,7 +14,26 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 from typer.testing import CliRunner
+
+from deblur_cli.model import MSDN, MSDNConfig
+from deblur_cli.weights import save_weights
+
+TINY = MSDNConfig(stem_channels=8, growth_rate=4, encoder_layers=(1, 1), bottleneck_layers=1, decoder_layers=(1, 1),
+                  pyramid_pools=(2, 4))
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random (tests only, never committed) generator whose head is not the zero-initialised identity."""
+    torch.manual_seed(0)
+    model = MSDN(TINY)
+    with torch.no_grad():
+        model.head.weight.normal_(0, 0.3)
+    path = tmp_path_factory.mktemp("weights") / "tiny.safetensors"
+    save_weights(path, model.state_dict(), TINY)
+    return path
 
 OUTPUT_OPTIONS = frozenset({"-o", "--output", "--export", "--json", "--csv", "--save-images", "--checkpoint-dir",
                             "--resume"})

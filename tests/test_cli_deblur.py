@@ -15,24 +15,9 @@ from typer.testing import CliRunner
 from deblur_cli import cli
 from deblur_cli.images import load_image
 from deblur_cli.inference import deblur, prepare_model
-from deblur_cli.model import MSDN, MSDNConfig
-from deblur_cli.weights import build_generator, load_weights_file, save_weights
+from deblur_cli.weights import build_generator, load_weights_file
 
-TINY = MSDNConfig(stem_channels=8, growth_rate=4, encoder_layers=(1, 1), bottleneck_layers=1, decoder_layers=(1, 1),
-                  pyramid_pools=(2, 4))
 FAST = ["--tile", "64", "--overlap", "16", "--device", "cpu"]
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A random (tests only, never committed) generator whose head is not the zero-initialised identity."""
-    torch.manual_seed(0)
-    model = MSDN(TINY)
-    with torch.no_grad():
-        model.head.weight.normal_(0, 0.3)
-    path = tmp_path_factory.mktemp("weights") / "tiny.safetensors"
-    save_weights(path, model.state_dict(), TINY)
-    return path
 
 
 @pytest.fixture(autouse=True)

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import sha256
+from conftest import TINY, sha256
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -29,23 +29,10 @@ from deblur_cli import weights as w
 from deblur_cli.errors import MsdnError
 from deblur_cli.model import MSDN, MSDNConfig
 
-TINY = MSDNConfig(stem_channels=8, growth_rate=4, encoder_layers=(1, 1), bottleneck_layers=1, decoder_layers=(1, 1),
-                  pyramid_pools=(2, 4))
 FAST = ["--tile", "64", "--overlap", "16", "--device", "cpu"]
 ROOT = Path(__file__).resolve().parents[1]
 FORMATS = ["jpg", "bmp", "png", "tif", "webp"]
 RECORD = ".msdn-outputs.jsonl"  # pipeline.RECORD, spelled out: the record's name is part of the user's folder
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    model = MSDN(TINY)
-    with torch.no_grad():
-        model.head.weight.normal_(0, 0.3)
-    path = tmp_path_factory.mktemp("weights") / "tiny.safetensors"
-    w.save_weights(path, model.state_dict(), TINY)
-    return path
 
 
 @pytest.fixture(autouse=True)
