@@ -11,6 +11,8 @@ the 5-pixel border the reflected filter distorts), so results compare with table
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -51,11 +53,20 @@ def center_crop(x: Tensor, size: int) -> Tensor:
     return x[..., top:top + size, left:left + size]
 
 
+def mse(pred: Tensor, target: Tensor) -> Tensor:
+    """Per-image mean squared error (shape (B,)) of the 8-bit-quantised images, in [0, 255] units."""
+    _check_pair(pred, target)
+    return (quantize(pred) - quantize(target)).pow(2).flatten(1).mean(dim=1)
+
+
+def psnr_of_mse(mse: float) -> float:
+    """PSNR in dB of a mean squared error in [0, 255] units; inf for zero error."""
+    return math.inf if mse == 0 else 10.0 * math.log10(DATA_RANGE**2 / mse)
+
+
 def psnr(pred: Tensor, target: Tensor) -> Tensor:
     """Per-image PSNR in dB (shape (B,)) of 8-bit-quantised (B,C,H,W) images in [0, 1]; inf if identical."""
-    _check_pair(pred, target)
-    mse = (quantize(pred) - quantize(target)).pow(2).flatten(1).mean(dim=1)
-    return 10.0 * torch.log10(DATA_RANGE**2 / mse)
+    return 10.0 * torch.log10(DATA_RANGE**2 / mse(pred, target))
 
 
 def _gaussian_taps() -> list[float]:

@@ -131,12 +131,20 @@ def _to_uint8(x: Tensor) -> Tensor:
 
 
 def score(run: Callable[[Tensor], Tensor] | None, pairs: Sequence[ValPair], radius: int) -> dict[str, float]:
-    """Mean PSNR, aligned PSNR (best shift within `radius`) and SSIM per group/level and overall.
+    """Mean PSNR, aligned PSNR (best shift within `radius`) and SSIM per group/level and overall,
+    plus "psnr_pooled": the aligned PSNR of the level's summed squared error.
+
+    Why pooled: a mean of per-crop dB is ruled by flat crops, where denoising alone gains 5-7 dB,
+    while a whole photo's PSNR is ruled by its textured parts, where deblurring is the job. Pooling
+    the squared error over the crops of a level scores them as one big photo (measured: +1.4 dB
+    mean-of-crops against +0.4 dB on the same photos whole, for one model). A group's pooled value
+    is the mean over its levels, like the per-level eval set.
 
     `run` maps a (1, 3, S, S) float batch to its deblurred float batch; None scores the blurred
     input itself (the identity baseline every gain is measured against).
     """
     sums: dict[str, list[float]] = {}
+    squared: dict[tuple[str, str], list[float]] = {}
     for pair in pairs:
         blurred, sharp = pair.blurred.float() / 255.0, pair.sharp.float() / 255.0
         out = blurred if run is None else run(blurred).float().cpu()
@@ -145,9 +153,17 @@ def score(run: Callable[[Tensor], Tensor] | None, pairs: Sequence[ValPair], radi
                   float(metrics.ssim(*aligned)[0]))
         for key in (f"{pair.group}/{pair.level}", pair.group):
             sums.setdefault(key, []).extend(values)
+        squared.setdefault((pair.group, pair.level), []).append(float(metrics.mse(*aligned)[0]))
     result = {}
     for key, values in sums.items():
         for i, name in enumerate(("psnr", "psnr_aligned", "ssim_aligned")):
             column = values[i::3]
             result[f"{key}/{name}"] = sum(column) / len(column)
+    pooled: dict[str, list[float]] = {}
+    for (group, level), errors in squared.items():
+        value = metrics.psnr_of_mse(sum(errors) / len(errors))
+        result[f"{group}/{level}/psnr_pooled"] = value
+        pooled.setdefault(group, []).append(value)
+    for group, values in pooled.items():
+        result[f"{group}/psnr_pooled"] = sum(values) / len(values)
     return result

@@ -101,7 +101,26 @@ def test_score_identity_baseline_and_a_perfect_model(photos: list[Sample]) -> No
                       pairs, radius=2)
     assert perfect["held-out/psnr_aligned"] == float("inf") and perfect["train/psnr"] == float("inf")
     assert set(base) == {f"{k}/{m}" for k in ("train", "train/mild", "held-out", "held-out/mild")
-                         for m in ("psnr", "psnr_aligned", "ssim_aligned")}
+                         for m in ("psnr", "psnr_aligned", "ssim_aligned", "psnr_pooled")}
+    assert perfect["train/psnr_pooled"] == float("inf")
+
+
+def test_pooled_psnr_scores_a_level_as_one_photo(photos: list[Sample]) -> None:
+    """Pooled = PSNR of the squared error summed over the level's crops (an independent numpy
+    computation), not the mean of per-crop dB; a group's value is the mean over its levels."""
+    levels = {"mild": (3.0, 8.0), "strong": (16.0, 30.0)}
+    pairs = S.validation_pairs(photos, 40, seed=1, levels=levels)
+    base = S.score(None, pairs, radius=0)
+
+    def pooled(level: str) -> float:
+        errors = [((p.blurred.numpy().astype(np.float64) - p.sharp.numpy()) ** 2).mean()
+                  for p in pairs if p.group == "train" and p.level == level]
+        return 10 * np.log10(255.0**2 / np.mean(errors))
+
+    assert base["train/mild/psnr_pooled"] == pytest.approx(pooled("mild"), abs=1e-9)
+    assert base["train/psnr_pooled"] == pytest.approx((pooled("mild") + pooled("strong")) / 2, abs=1e-9)
+    # Jensen: the mean of per-crop dB is never below the dB of the mean error, and differs here.
+    assert base["train/strong/psnr"] > base["train/strong/psnr_pooled"] + 0.01
 
 
 def test_centre_pads_small_photos() -> None:

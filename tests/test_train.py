@@ -303,3 +303,12 @@ def test_cli_recipe_sets_defaults_once_and_options_override(photos: Path, tmp_pa
     assert (paper.content_loss, paper.adv_weight, paper.lr, paper.schedule, paper.crop) == \
         ("perceptual", 1.0, 1e-4, "paper", 128)  # the recipe, then the option given
     assert custom.crop_scales == (0.25, 0.5) and custom.blur_families == ("line", "tremor")
+
+
+def test_best_so_far_is_kept_only_when_scored_by_the_same_metric() -> None:
+    pooled = T.SyntheticValidation.metric
+    assert T._best_so_far({"best_val_psnr": 30.1, "best_metric": pooled}, pooled) == 30.1
+    # A checkpoint from before "best_metric": synthetic runs scored the mean aligned PSNR then.
+    assert T._best_so_far({"best_val_psnr": 30.1}, pooled) is None
+    assert T._best_so_far({"best_val_psnr": 30.1}, T.Validation.metric) == 30.1
+    assert T._best_so_far({"best_val_psnr": 30.1, "best_metric": pooled}, T.Validation.metric) is None
