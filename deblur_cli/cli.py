@@ -676,6 +676,8 @@ def train_command(
                                       "separated: poly, walk, line, rotate, tremor [default: all but tremor]."),
     crop_scales: str = typer.Option(None, "--crop-scales", help="Cut training crops at a random scale LO,HI "
                                     "(area downsampling) [default: 0.5,1]."),
+    crop_tries: int = typer.Option(None, "--crop-tries", help="Keep the most textured of N random windows "
+                                   "per training crop [default: 1]."),
     jpeg: float = typer.Option(None, "--jpeg", help="Share of blurred inputs JPEG re-compressed [default: 0.3]."),
     highlights: float = typer.Option(None, "--highlights", help="Share of images with clipped, boosted "
                                      "highlights [default: 0.25]."),

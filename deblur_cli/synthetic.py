@@ -44,12 +44,14 @@ class PhotoBank:
         return len(self.photos)
 
     def batch(self, n: int, size: int, generator: torch.Generator,
-              scales: tuple[float, float] = (1.0, 1.0)) -> Tensor:
+              scales: tuple[float, float] = (1.0, 1.0), tries: int = 1) -> Tensor:
         """(n, 3, size, size) uint8 random crops with random flips and 90-degree turns.
 
         Each crop is taken at a random scale in `scales` (area-downsampled from a size/scale
         window): few photos then give many different images, and downsampling sharpens what
-        little blur the originals have, so the target is sharper than the photo.
+        little blur the originals have, so the target is sharper than the photo. With `tries` > 1
+        the most textured of that many windows is kept: a photo's PSNR is ruled by its textured
+        parts, and a flat crop teaches denoising, not deblurring.
         """
         out = torch.empty(n, 3, size, size, dtype=torch.uint8)
         picks = torch.randint(len(self.photos), (n,), generator=generator).tolist()
@@ -59,9 +61,8 @@ class PhotoBank:
             h, w = photo.shape[-2:]
             scale = lo + (hi - lo) * float(torch.rand(1, generator=generator))
             window = min(int(round(size / scale)), h, w)
-            top = int(torch.randint(0, max(h - window, 0) + 1, (1,), generator=generator))
-            left = int(torch.randint(0, max(w - window, 0) + 1, (1,), generator=generator))
-            crop = photo[:, top:top + window, left:left + window]
+            crops = [_window(photo, window, generator) for _ in range(tries)]
+            crop = max(crops, key=texture) if tries > 1 else crops[0]
             if window != size:
                 crop = F.interpolate(crop[None].float(), size=(size, size), mode="area" if window > size
                                      else "bilinear")[0].round_().clamp_(0, 255).to(torch.uint8)
@@ -72,12 +73,25 @@ class PhotoBank:
         return out
 
 
+def _window(photo: Tensor, window: int, generator: torch.Generator) -> Tensor:
+    h, w = photo.shape[-2:]
+    top = int(torch.randint(0, max(h - window, 0) + 1, (1,), generator=generator))
+    left = int(torch.randint(0, max(w - window, 0) + 1, (1,), generator=generator))
+    return photo[:, top:top + window, left:left + window]
+
+
+def texture(crop: Tensor) -> float:
+    """Mean absolute difference of neighbouring pixels (every other row and column: cheap)."""
+    x = crop[:, ::2, ::2].float()
+    return float((x[:, 1:] - x[:, :-1]).abs().mean() + (x[:, :, 1:] - x[:, :, :-1]).abs().mean())
+
+
 def training_pair(bank: PhotoBank, batch_size: int, crop: int, families: tuple[str, ...],
                   lengths: tuple[float, float], realism: shake.Realism, seed: int, step: int,
-                  scales: tuple[float, float] = (1.0, 1.0)) -> tuple[Tensor, Tensor]:
+                  scales: tuple[float, float] = (1.0, 1.0), tries: int = 1) -> tuple[Tensor, Tensor]:
     """(blurred, sharp) float CPU batch of `crop` px for `step`; the crops carry a blur margin."""
     generator = torch.Generator().manual_seed(mix_seed(seed, 0xB4, step))
-    big = bank.batch(batch_size, crop + 2 * shake.margin_for(lengths[1]), generator, scales)
+    big = bank.batch(batch_size, crop + 2 * shake.margin_for(lengths[1]), generator, scales, tries)
     return shake.blur(big.float() / 255.0, families, lengths, generator, realism)
 
 

@@ -101,6 +101,7 @@ class TrainConfig:
     blur_strength: tuple[float, float] = (2.0, 60.0)  # path length in pixels
     blur_families: tuple[str, ...] = shake.TRAIN_FAMILIES
     crop_scales: tuple[float, float] = (0.5, 1.0)  # synthetic blur: crops taken at a random scale in this range
+    crop_tries: int = 1  # synthetic blur: keep the most textured of this many random windows
     noise: float = shake.Realism.noise  # camera effects on the blurred input (shake.Realism)
     shot_noise: float = shake.Realism.shot_noise
     highlights: float = shake.Realism.highlights
@@ -131,6 +132,8 @@ class TrainConfig:
             problems.append(f"unknown blur families {', '.join(unknown) or '(none)'}; use {', '.join(shake.FAMILIES)}")
         if not 0 < self.crop_scales[0] <= self.crop_scales[1] <= 1:
             problems.append(f"crop scales must be 0 < LO <= HI <= 1, got {self.crop_scales[0]},{self.crop_scales[1]}")
+        if not 1 <= self.crop_tries <= 16:
+            problems.append(f"crop tries must be 1..16, got {self.crop_tries}")
         if not 0 <= self.ema_decay < 1:
             problems.append("ema-decay must be in [0, 1)")
         if self.threads is not None and self.threads < 1:
@@ -553,7 +556,7 @@ def _pairs(loader: DataLoader | None, sampler: D.EpochSampler, bank: S.PhotoBank
     for step in range(start, total):
         blurred, sharp = S.training_pair(bank, config.batch_size, config.crop, config.blur_families,
                                          config.blur_strength, config.realism, D.mix_seed(config.seed, rank), step,
-                                         config.crop_scales)
+                                         config.crop_scales, config.crop_tries)
         yield (step, blurred.to(device).contiguous(memory_format=memory_format),
                sharp.to(device).contiguous(memory_format=memory_format))
 

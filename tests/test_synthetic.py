@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -135,3 +136,20 @@ def test_missing_photo_file_is_a_clear_error(tmp_path: Path) -> None:
 
     with pytest.raises(MsdnError, match="cannot read image"):
         S.PhotoBank([Sample(sharp=tmp_path / "gone.png")])
+
+
+def test_crop_tries_keep_the_most_textured_window() -> None:
+    """Half flat grey, half noise: one try lands anywhere, eight tries nearly always on texture;
+    one try draws exactly what the bank drew before the option existed (resumed runs replay)."""
+    flat = torch.full((3, 64, 64), 128, dtype=torch.uint8)
+    noisy = torch.randint(0, 256, (3, 64, 64), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    bank = S.PhotoBank([])
+    bank.photos = [torch.cat([flat, noisy], dim=-1)]
+    textured = lambda b: sum(S.texture(c) > 20 for c in b) / len(b)  # noqa: E731
+    one = bank.batch(64, 24, torch.Generator().manual_seed(3))
+    eight = bank.batch(64, 24, torch.Generator().manual_seed(3), tries=8)
+    assert 0.3 < textured(one) < 0.8 and textured(eight) > 0.95
+    scaled = bank.batch(64, 24, torch.Generator().manual_seed(3), scales=(0.5, 1.0))
+    # sha256 of the same call on the bank before `tries` existed (commit 487c4b1)
+    assert hashlib.sha256(scaled.numpy().tobytes()).hexdigest()[:16] == "c185739b917d5051"
+    assert S.texture(flat) == 0.0 and S.texture(noisy) > 50
