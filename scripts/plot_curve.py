@@ -39,12 +39,13 @@ def read_curve(lines: list[str], batch: int) -> list[dict[str, float]]:
     return points
 
 
-def table(points: list[dict[str, float]]) -> str:
-    """Markdown: aligned PSNR gain (dB) per level, training families then the held-out family."""
+def table(points: list[dict[str, float]], metric: str = "psnr_aligned") -> str:
+    """Markdown: `metric`'s gain (dB) per level, training families then the held-out family; only
+    the validations that scored it (psnr_pooled exists from session 3 on)."""
     head = ["step", "hours"] + [f"{g} {lv}" for g in GROUPS for lv in LEVELS] + [f"{g} mean" for g in GROUPS]
-    keys = [f"{g}/{lv}/psnr_aligned_gain" for g in GROUPS for lv in LEVELS] + [f"{g}/psnr_aligned_gain" for g in GROUPS]
+    keys = [f"{g}/{lv}/{metric}_gain" for g in GROUPS for lv in LEVELS] + [f"{g}/{metric}_gain" for g in GROUPS]
     lines = ["| " + " | ".join(head) + " |", "|" + "---:|" * len(head)]
-    for p in points:
+    for p in (p for p in points if any(k in p for k in keys)):
         cells = [str(p["step"]), f"{p['hours']:.2f}"] + [f"{p[k]:+.2f}" if k in p else "" for k in keys]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -62,7 +63,10 @@ def plot(points: list[dict[str, float]], path: Path) -> None:
             key = f"{group}/{level}/psnr_aligned_gain"
             ax.plot([p["hours"] for p in points], [p.get(key) for p in points], marker=".", label=level)
         ax.plot([p["hours"] for p in points], [p.get(f"{group}/psnr_aligned_gain") for p in points], "k-",
-                linewidth=2, label="mean")
+                linewidth=2, label="mean of crops")
+        pooled = [p for p in points if f"{group}/psnr_pooled_gain" in p]
+        ax.plot([p["hours"] for p in pooled], [p[f"{group}/psnr_pooled_gain"] for p in pooled], "k--",
+                linewidth=2, label="pooled (as whole photos)")
         ax.axhline(0, color="grey", linewidth=0.5)
         ax.set_title(f"{group} blur families")
         ax.set_xlabel("training hours (1 CPU thread)")
@@ -83,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {args.metrics} not found", file=sys.stderr)
         return 1
     points = read_curve(args.metrics.read_text().splitlines(), args.batch)
-    print(table(points))
+    print("Mean of per-crop aligned gains:\n\n" + table(points))
+    print("\nPooled aligned gains (each level's crops scored as one photo):\n\n" + table(points, "psnr_pooled"))
     if points:
         try:
             plot(points, args.png)

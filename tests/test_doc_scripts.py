@@ -26,6 +26,7 @@ def test_curve_counts_training_and_validation_time() -> None:
     text = plot_curve.table(points)
     assert text.splitlines()[2].startswith("| 2 | 0.01 |") and "+0.25" in text and "+0.50" in text
     assert "| 3 |" in text and "+0.75" in text
+    assert plot_curve.table(points, "psnr_pooled").count("\n") == 1  # no validation scored it: header only
 
 
 def test_missing_log_is_an_error(tmp_path: Path) -> None:
