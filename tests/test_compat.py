@@ -15,7 +15,9 @@ import torch
 
 from deblur_cli import train as T
 from deblur_cli.model import MSDNConfig
-from deblur_cli.weights import load_checkpoint, load_generator, read_metadata
+from deblur_cli.checkpoint import load_checkpoint, load_training_checkpoint
+from deblur_cli.weightfile import read_metadata
+from deblur_cli.weights import load_generator
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 CHECKPOINT = FIXTURES / "micro-step2.pt"
@@ -41,7 +43,7 @@ def test_old_training_checkpoint_loads_unchanged() -> None:
     assert ckpt.metrics == {"best_val_psnr": pytest.approx(38.1801124427672)}
     raw = torch.load(CHECKPOINT, weights_only=True)
     assert all(torch.equal(v, raw["ema"][f"module.{k}"]) for k, v in ckpt.generator.items())  # ships the EMA
-    assert T.load_checkpoint(CHECKPOINT)["step"] == 2  # `msdn train --resume` still reads it
+    assert load_training_checkpoint(CHECKPOINT)["step"] == 2  # `msdn train --resume` still reads it
     assert T.TrainConfig.from_dict(raw["train_config"]).ema_decay == 0.5
     y = output(CHECKPOINT)
     assert y.double().sum().item() == pytest.approx(EXPECTED_SUM, rel=1e-6)
