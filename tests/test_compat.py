@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from deblur_cli import train as T
-from deblur_cli.model import MSDNConfig
 from deblur_cli.checkpoint import load_checkpoint, load_training_checkpoint
+from deblur_cli.model import MSDNConfig
 from deblur_cli.weightfile import read_metadata
 from deblur_cli.weights import load_generator
 

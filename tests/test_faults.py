@@ -24,8 +24,8 @@ from conftest import TINY, sha256
 from PIL import Image
 from typer.testing import CliRunner
 
-from deblur_cli import cli, files
 from deblur_cli import checkpoint as ck
+from deblur_cli import cli, files
 from deblur_cli import manifest as mf
 from deblur_cli import weightfile as wf
 from deblur_cli import weights as w

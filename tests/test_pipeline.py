@@ -106,7 +106,7 @@ def test_same_output_name_is_a_clash(tmp_path: Path) -> None:
 
 
 def test_deblur_directory_goes_on_past_a_bad_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import deblur_cli.pipeline as pipeline
+    from deblur_cli import pipeline
 
     monkeypatch.setattr(pipeline, "deblur", lambda model, image, **kw: 1.0 - image)  # stand-in network
     root = tmp_path / "photos"

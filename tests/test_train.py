@@ -18,10 +18,10 @@ from typer.testing import CliRunner
 
 from deblur_cli import train as T
 from deblur_cli import vgg as V
+from deblur_cli.checkpoint import load_training_checkpoint
 from deblur_cli.cli import app
 from deblur_cli.errors import MsdnError
 from deblur_cli.model import MSDNConfig
-from deblur_cli.checkpoint import load_training_checkpoint
 from deblur_cli.weightfile import build_generator, load_weights_file
 
 torch.set_num_threads(2)
