@@ -100,9 +100,10 @@ def blur_cost(crop: int, batch: int) -> float:
 def child(call: str, threads: int) -> float:
     """Run one measurement (`call`, e.g. "loop(1, 'none', 128, 16, 8)") in a fresh interpreter: OpenMP
     reads its thread count at start-up."""
-    code = f"import sys; sys.path.insert(0, {str(REPO / 'bench')!r}); import bench_train as b; print(b.{call})"
+    code = f"import bench_train as b; print(b.{call})"  # `-c` puts the working folder, bench/, on the path
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True,
+                         cwd=Path(__file__).resolve().parent)
     return float(out.stdout.strip().splitlines()[-1])
 
 

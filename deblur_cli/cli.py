@@ -8,7 +8,7 @@ import signal
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import typer
 import typer.core
@@ -17,6 +17,9 @@ from rich.markup import escape
 
 from deblur_cli import __version__
 from deblur_cli.errors import MsdnError
+
+if TYPE_CHECKING:
+    from deblur_cli.weights import Selection
 
 app = typer.Typer(
     name="msdn",
@@ -108,28 +111,28 @@ def _root(
 
 
 def _deblur_settings(tile: int | None, overlap: int | None, batch_size: int, amp: str, quality: int,
-                     max_pixels: int | None, model: str | None, weights: Path | None):
+                     max_pixels: int | None, selection: Selection):
     from deblur_cli.images import DEFAULT_MAX_PIXELS
-    from deblur_cli.pipeline import DeblurSettings, parse_amp, recommended_tiling
+    from deblur_cli.pipeline import DeblurSettings, parse_amp
 
-    rec_tile, rec_overlap = recommended_tiling(model, weights)
+    rec_tile, rec_overlap = selection.tiling
     return DeblurSettings(tile=rec_tile if tile is None else tile, overlap=rec_overlap if overlap is None else overlap,
                           batch_size=batch_size, amp=parse_amp(amp), quality=quality,
                           max_pixels=DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels)
 
 
-def _load_deblur_model(model: str | None, weights: Path | None, offline: bool, device: str):
+def _load_deblur_model(selection: Selection, offline: bool, device: str):
     """The generator, with a download bar that appears only if weights are actually fetched."""
     from rich.progress import BarColumn, DownloadColumn, TextColumn, TransferSpeedColumn
 
-    from deblur_cli.pipeline import load_model
+    from deblur_cli.weights import ready_model
 
     with _progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
                    transient=True) as bar:
         task = bar.add_task("Downloading weights", total=None, visible=False)
-        return load_model(model=model, weights=weights, offline=offline, device=device,
-                          download_progress=lambda done, total: bar.update(task, completed=done, total=total or None,
-                                                                           visible=True))
+        return ready_model(selection, device, offline=offline,
+                           progress=lambda done, total: bar.update(task, completed=done, total=total or None,
+                                                                   visible=True)).model
 
 
 @contextlib.contextmanager
@@ -187,14 +190,16 @@ def deblur_command(
     from deblur_cli.files import remove_stale_temps
     from deblur_cli.images import DEFAULT_MAX_PIXELS, probe_image
     from deblur_cli.pipeline import check_output, deblur_file, default_output
+    from deblur_cli.weights import select_weights
 
     limit = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
     if limit >= 1:  # (a bad --max-pixels is reported with the other options just below)
         probe_image(image, limit)  # a bad photo is reported before any weights are looked for
-    settings = _deblur_settings(tile, overlap, batch_size, amp, quality, max_pixels, model, weights)
+    selection = select_weights(model, weights)  # the manifest is read once, for tiling and weights alike
+    settings = _deblur_settings(tile, overlap, batch_size, amp, quality, max_pixels, selection)
     target = output if output is not None else default_output(image)
     check_output(image, target, overwrite=overwrite)
-    generator = _load_deblur_model(model, weights, offline, device)
+    generator = _load_deblur_model(selection, offline, device)
     remove_stale_temps(target.parent)
     start = time.perf_counter()
     with _tile_bar() as (bar, task):
@@ -236,12 +241,14 @@ def deblur_dir_command(
     from rich.table import Table
 
     from deblur_cli.pipeline import deblur_directory, default_output_dir, parse_extensions, plan_directory
+    from deblur_cli.weights import select_weights
 
     out_dir = output if output is not None else default_output_dir(directory)
     jobs = plan_directory(directory, out_dir, recursive=recursive, extensions=parse_extensions(ext), fmt=fmt,
                           overwrite=overwrite)
-    settings = _deblur_settings(tile, overlap, batch_size, amp, quality, max_pixels, model, weights)
-    generator = _load_deblur_model(model, weights, offline, device)
+    selection = select_weights(model, weights)  # the manifest is read once, for tiling and weights alike
+    settings = _deblur_settings(tile, overlap, batch_size, amp, quality, max_pixels, selection)
+    generator = _load_deblur_model(selection, offline, device)
     start = time.perf_counter()
     current = [0]
     with _tile_bar(len(jobs)) as (bar, task):
@@ -312,19 +319,21 @@ def weights_list() -> None:
     """List the models in the weights manifest and whether they are on this machine."""
     from rich.table import Table
 
-    from deblur_cli import weights as w
+    from deblur_cli.hub import hub_settings
+    from deblur_cli.manifest import load_manifest
+    from deblur_cli.weights import local_copies
 
-    manifest = w.load_manifest()
+    manifest = load_manifest()
     if not manifest.models:
         _say("No published models in the weights manifest yet. Use --weights PATH with a file from "
              "`msdn train` + `msdn weights export`.")
         return
-    settings = w.hub_settings()
+    settings = hub_settings()
     table = Table(title="MSDN generator weights")
     for column in ("name", "default", "size", "local", "metrics", "description"):
         table.add_column(column)
     for entry in manifest.models:
-        local = ", ".join(w.local_copies(entry, settings)) or "-"
+        local = ", ".join(local_copies(entry, settings)) or "-"
         table.add_row(entry.name, "*" if entry.name == manifest.default else "", _size(entry.size_bytes), local,
                       _metrics_text(entry.metrics), entry.description)
     Console().print(table)
@@ -338,14 +347,15 @@ def weights_info(name: str = typer.Argument(..., help="Model name from `msdn wei
 
     from rich.table import Table
 
-    from deblur_cli import weights as w
+    from deblur_cli.manifest import load_manifest
+    from deblur_cli.weights import local_copies
 
-    manifest = w.load_manifest()
+    manifest = load_manifest()
     entry = manifest.entry(name)
     table = Table(show_header=False, title=f"model '{entry.name}'")
     table.add_column("field", style="bold")
     table.add_column("value", overflow="fold")
-    copies = w.local_copies(entry)
+    copies = local_copies(entry)
     rows = [("description", entry.description), ("default", "yes" if entry.name == manifest.default else "no"),
             ("repository", f"{entry.repo_id} @ {entry.revision}" if entry.repo_id else "none (bundled only)"),
             ("file", entry.filename),
@@ -366,11 +376,12 @@ def weights_download(
     force: bool = typer.Option(False, "--force", help="Download again even if a verified copy is cached."),
 ) -> None:
     """Fetch a model into the Hugging Face cache (verified) so it works offline later."""
-    from deblur_cli import weights as w
+    from deblur_cli.manifest import load_manifest
+    from deblur_cli.weights import fetch_model
 
-    entry = w.load_manifest().entry(name)
+    entry = load_manifest().entry(name)
     with _byte_progress(f"{entry.name}") as progress:
-        resolved = w.fetch_model(entry, force=force, progress=progress)
+        resolved = fetch_model(entry, force=force, progress=progress)
     _say(f"[green]ok[/] {entry.name}: {resolved.source}, sha256 verified")
     typer.echo(str(resolved.path))
 
@@ -382,26 +393,29 @@ def weights_verify(
     weights: Path | None = typer.Option(None, "--weights", help="Check that this file loads as an MSDN instead."),
 ) -> None:
     """Check local copies against the manifest's sha256 and size (exit 1 on any mismatch)."""
-    from deblur_cli import weights as w
+    from deblur_cli.hub import file_problem
+    from deblur_cli.manifest import load_manifest
     from deblur_cli.model import count_parameters
+    from deblur_cli.weightfile import sha256_file
+    from deblur_cli.weights import load_generator, local_copies
 
     if weights is not None:
-        params = count_parameters(w.load_generator(weights=weights))
+        params = count_parameters(load_generator(weights=weights))
         _say(f"[green]ok[/] {weights}: loads strictly as an MSDN with {params:,} parameters; "
-             f"sha256 {w.sha256_file(weights)}, {weights.stat().st_size} bytes")
+             f"sha256 {sha256_file(weights)}, {weights.stat().st_size} bytes")
         return
-    manifest = w.load_manifest()
+    manifest = load_manifest()
     entries = [manifest.entry(name)] if name is not None else list(manifest.models)
     if not entries:
         _say("No published models in the weights manifest yet; nothing to verify.")
         return
     bad = 0
     for entry in entries:
-        copies = w.local_copies(entry)
+        copies = local_copies(entry)
         if not copies:
             _say(f"[yellow]-[/] {entry.name}: not downloaded (`msdn weights download {entry.name}`)")
         for kind, path in copies.items():
-            problem = w.file_problem(path, entry)
+            problem = file_problem(path, entry)
             if problem is None:
                 _say(f"[green]ok[/] {entry.name} ({kind}): {path}")
             else:
@@ -426,12 +440,12 @@ def weights_export(
 
     import torch
 
-    from deblur_cli import weights as w
+    from deblur_cli.publish import export_checkpoint
 
     dtypes = {"fp32": torch.float32, "fp16": torch.float16}
     if dtype not in dtypes:
         raise fail(f"--dtype must be fp32 or fp16, got '{dtype}'")
-    result = w.export_checkpoint(checkpoint, output, dtype=dtypes[dtype], name=name, overwrite=overwrite)
+    result = export_checkpoint(checkpoint, output, dtype=dtypes[dtype], name=name, overwrite=overwrite)
     _say(f"[green]wrote[/] {result.weights}, {result.config_json}, {result.readme}")
     _say("Manifest entry (fill in repo_id/revision, or use `msdn weights push`):")
     typer.echo(json.dumps(result.entry, indent=2))
@@ -450,12 +464,12 @@ def weights_push(
     """Upload weights + config.json + model card in one commit; print the manifest entry pinned to it."""
     import json
 
-    from deblur_cli import weights as w
+    from deblur_cli.publish import push_weights
 
     path = weights if weights is not None else Path(f"{name}.safetensors")
     if not path.is_file():
         raise fail(f"weights file not found: {path} (export one with `msdn weights export`, or pass --weights)")
-    entry = w.push_weights(name, path, repo_id, revision=revision, private=private, token=token)
+    entry = push_weights(name, path, repo_id, revision=revision, private=private, token=token)
     _say(f"[green]pushed[/] {path.name}, config.json, README.md to {repo_id} @ {entry['revision']}")
     _say("Manifest entry to add to deblur_cli/weights_manifest.json:")
     typer.echo(json.dumps(entry, indent=2))
@@ -536,8 +550,10 @@ def eval_command(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing report and image files."),
     per_image: bool = typer.Option(False, "--per-image", help="Also print a table of every image per group."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N | mps."),
-    tile: int = typer.Option(256, "--tile", help="Tile size for inference."),
-    overlap: int = typer.Option(32, "--overlap", help="Overlap between tiles."),
+    tile: int | None = typer.Option(None, "--tile", show_default=False,
+                                    help="Tile size for inference (default: each model's, else 256)."),
+    overlap: int | None = typer.Option(None, "--overlap", show_default=False,
+                                       help="Overlap between tiles (default: each model's, else 32)."),
     batch_size: int = typer.Option(4, "--batch-size", help="Tiles per model call."),
     amp: str = _AMP_OPT,
     offline: bool = typer.Option(False, "--offline", help="Never download weights."),
@@ -546,13 +562,14 @@ def eval_command(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from deblur_cli import evaluate as ev
+    from deblur_cli.datasets import discover
     from deblur_cli.inference import select_device
     from deblur_cli.pipeline import parse_amp
 
     if baseline not in (None, ev.IDENTITY):
         raise fail(f"unknown baseline '{baseline}': the only baseline is '{ev.IDENTITY}'")
     amp_mode = parse_amp(amp)  # "none" as in msdn deblur
-    dataset = ev.discover(root, layout, split=split, blur_folder=blur_folder)
+    dataset = discover(root, layout, split=split, blur_folder=blur_folder)
     contenders = ev.load_contenders(model, weights, select_device(device), identity=baseline is not None,
                                     offline=offline)
     ev.check_outputs(dataset, contenders, save_images, [json_path, csv_path], overwrite)

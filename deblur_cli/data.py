@@ -6,6 +6,8 @@ Layouts (`find_samples`):
 - paired: `ROOT/{blur,sharp}/` matched by file name (extension ignored);
 - sharp photos only (`synthetic=True`): every image under ROOT, recursively; the blurred input is
   made per batch by `deblur_cli.shake` (see `deblur_cli.synthetic`).
+Which files are images is `datasets.list_images`'s rule, the same as `msdn eval`'s (hidden files
+and folders never are).
 
 Photos smaller than the crop are *skipped and counted*, never upscaled: an upscaled photo is soft,
 and teaching the network that soft is "sharp" is the opposite of what it should learn.
@@ -30,8 +32,8 @@ from PIL import Image, ImageOps
 from torch import Tensor
 from torch.utils.data import Dataset, Sampler
 
+from deblur_cli.datasets import list_images
 from deblur_cli.errors import MsdnError
-from deblur_cli.images import IMAGE_EXTENSIONS
 
 _MASK64 = (1 << 64) - 1
 
@@ -69,13 +71,9 @@ class Scan:
         self.skipped[reason] = self.skipped.get(reason, 0) + 1
 
 
-def _images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
-
-
 def _match(blur_dir: Path, sharp_dir: Path, scan: Scan, skip_bad: bool) -> None:
-    blurs = {p.stem: p for p in _images(blur_dir)}
-    sharps = {p.stem: p for p in _images(sharp_dir)}
+    blurs = {p.stem: p for p in list_images(blur_dir)}
+    sharps = {p.stem: p for p in list_images(sharp_dir)}
     for stem in sorted(set(blurs) ^ set(sharps)):
         lonely = blurs.get(stem) or sharps[stem]
         if not skip_bad:
@@ -93,8 +91,8 @@ def find_samples(root: Path, *, synthetic: bool = False, blur_folder: str = "blu
         raise MsdnError(f"data folder not found: {root}")
     scan = Scan(samples=[])
     if synthetic:
-        scan.samples = [Sample(sharp=p) for p in sorted(root.rglob("*"))
-                        if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and blur_folder not in p.parts[len(root.parts):]]
+        scan.samples = [Sample(sharp=p) for p in list_images(root, recursive=True)
+                        if blur_folder not in p.parts[len(root.parts):]]
     elif (root / blur_folder).is_dir() and (root / "sharp").is_dir():
         _match(root / blur_folder, root / "sharp", scan, skip_bad)
     else:

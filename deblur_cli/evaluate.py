@@ -1,13 +1,4 @@
-"""Benchmark evaluation: find blurred/sharp pairs in the usual dataset layouts, deblur, score.
-
-Layouts (`discover`):
-
-* ``gopro``  -- ``ROOT/test/SEQ/{blur,sharp}/NAME.png`` (``--blur-folder blur_gamma``, ``--split``);
-  ROOT may also be the split folder itself. One group per sequence.
-* ``paired`` -- ``ROOT/{blur,sharp}/NAME.*`` matched by file stem. One group.
-* ``kohler`` -- several blurred images per sharp one: ``ROOT/sharp/NAME.png`` with
-  ``ROOT/blur/NAME_*.png``, or one folder per sharp image (``ROOT/NAME/sharp.png`` beside the
-  blurred images, or with them in ``ROOT/NAME/blur/``). One group per sharp image.
+"""Benchmark evaluation: deblur the blurred/sharp pairs `datasets.discover` finds, and score them.
 
 A broken pair (no partner, sizes differ, unreadable file, too small for the protocol) becomes a
 `Problem` in the report and the run goes on: one bad file in a thousand must not cost the other
@@ -21,7 +12,7 @@ import io
 import json
 import math
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -29,48 +20,29 @@ import torch
 from torch import Tensor
 
 from deblur_cli import metrics
+from deblur_cli.datasets import Dataset, Pair, Problem, relative
 from deblur_cli.errors import MsdnError
 from deblur_cli.files import atomic_write_bytes
-from deblur_cli.images import IMAGE_EXTENSIONS, check_output_dir, load_image, save_rgb
-from deblur_cli.inference import deblur, prepare_model
+from deblur_cli.images import check_output_dir, load_image, save_rgb
+from deblur_cli.inference import deblur
 from deblur_cli.model import MSDN
-from deblur_cli.weights import load_resolved, resolve_weights
+from deblur_cli.tiling import DEFAULT_OVERLAP, DEFAULT_TILE, validate_tiling
+from deblur_cli.weights import ready_model, select_weights
 
-LAYOUTS = ("auto", "gopro", "paired", "kohler")
 PROTOCOLS = ("full", "center256")
 CENTER_SIZE = 256
 IDENTITY = "identity"
-SHARP_STEM = "sharp"  # the sharp image's name in a one-folder-per-sharp-image Kohler layout
-
-
-@dataclass(frozen=True)
-class Pair:
-    group: str
-    name: str
-    blurred: Path
-    sharp: Path
-
-
-@dataclass(frozen=True)
-class Problem:
-    path: str
-    reason: str
-
-
-@dataclass(frozen=True)
-class Dataset:
-    root: Path
-    layout: str
-    pairs: tuple[Pair, ...]
-    problems: tuple[Problem, ...] = ()
 
 
 @dataclass(frozen=True)
 class Contender:
-    """A column of the results: a prepared model, or None for the identity baseline (the blurred input)."""
+    """A column of the results: a prepared model, or None for the identity baseline (the blurred input),
+    with the tiling its manifest entry recommends (the tool's defaults for a file given by path)."""
 
     label: str
     model: MSDN | None
+    tile: int = DEFAULT_TILE
+    overlap: int = DEFAULT_OVERLAP
 
 
 @dataclass(frozen=True)
@@ -138,163 +110,6 @@ def _summarise(model: str, group: str | None, rows: Sequence[Row]) -> Summary:
                    mean([r.ssim_aligned for r in aligned]))
 
 
-# --- discovery -----------------------------------------------------------------------------------
-
-
-def _images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir()
-                  if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS)
-
-
-def _subdirs(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
-
-
-def _rel(path: Path, root: Path) -> str:
-    try:
-        return str(path.relative_to(root))
-    except ValueError:
-        return str(path)
-
-
-def _by_stem(files: Iterable[Path], root: Path, problems: list[Problem]) -> dict[str, Path]:
-    """Index files by stem; two files with one stem (a.png, a.jpg) are ambiguous and both dropped."""
-    index: dict[str, Path] = {}
-    clashes: set[str] = set()
-    for f in files:
-        if f.stem in index:
-            clashes.add(f.stem)
-            problems.append(Problem(_rel(f, root), f"another image has the same name: {index[f.stem].name}"))
-        else:
-            index[f.stem] = f
-    for stem in clashes:
-        index.pop(stem)
-    return index
-
-
-def _match_exact(blur_dir: Path, sharp_dir: Path, group: str, root: Path, problems: list[Problem]) -> list[Pair]:
-    blurred = _by_stem(_images(blur_dir), root, problems)
-    sharp = _by_stem(_images(sharp_dir), root, problems)
-    pairs = [Pair(group, stem, b, sharp[stem]) for stem, b in blurred.items() if stem in sharp]
-    problems += [Problem(_rel(b, root), "no sharp image with this name") for s, b in blurred.items() if s not in sharp]
-    problems += [Problem(_rel(p, root), "no blurred image with this name") for s, p in sharp.items() if s not in blurred]
-    return pairs
-
-
-def _sharp_for(blurred_stem: str, sharp_stems: Iterable[str]) -> str | None:
-    """The sharp image a Kohler-style blurred name belongs to: NAME for NAME_anything (longest wins)."""
-    hits = [s for s in sharp_stems if blurred_stem == s or blurred_stem.startswith(s + "_")]
-    return max(hits, key=len) if hits else None
-
-
-def _match_kohler(blur_dir: Path, sharp_dir: Path, root: Path, problems: list[Problem]) -> list[Pair]:
-    sharp = _by_stem(_images(sharp_dir), root, problems)
-    pairs, used = [], set()
-    for b in _images(blur_dir):
-        owner = _sharp_for(b.stem, sharp)
-        if owner is None:
-            problems.append(Problem(_rel(b, root), "no sharp image NAME for this NAME_* blurred image"))
-        else:
-            pairs.append(Pair(owner, b.stem, b, sharp[owner]))
-            used.add(owner)
-    problems += [Problem(_rel(p, root), "no blurred image for this sharp image") for s, p in sharp.items()
-                 if s not in used]
-    return pairs
-
-
-def _kohler_folders(root: Path, blur_folder: str, problems: list[Problem]) -> list[Pair]:
-    """One folder per sharp image: ROOT/NAME/sharp.* with the blurred images beside it or in blur/."""
-    pairs = []
-    for folder in _subdirs(root):
-        sharp = [p for p in _images(folder) if p.stem.lower() == SHARP_STEM]
-        if len(sharp) != 1:
-            problems.append(Problem(_rel(folder, root), f"expected one '{SHARP_STEM}.*' image, found {len(sharp)}"))
-            continue
-        blur_dir = folder / blur_folder
-        blurred = _images(blur_dir) if blur_dir.is_dir() else [p for p in _images(folder) if p != sharp[0]]
-        if not blurred:
-            problems.append(Problem(_rel(sharp[0], root), "no blurred image for this sharp image"))
-        pairs += [Pair(folder.name, b.stem, b, sharp[0]) for b in blurred]
-    return pairs
-
-
-def _is_kohler_folder(folder: Path) -> bool:
-    return any(p.stem.lower() == SHARP_STEM for p in _images(folder))
-
-
-def _gopro_base(root: Path, split: str, blur_folder: str) -> Path | None:
-    """ROOT/SPLIT if it holds sequences, else ROOT itself if it does (ROOT is the split folder)."""
-    for base in (root / split, root):
-        if base.is_dir() and any((s / "sharp").is_dir() and (s / blur_folder).is_dir() for s in _subdirs(base)):
-            return base
-    return None
-
-
-def _gopro(base: Path, root: Path, blur_folder: str, problems: list[Problem]) -> list[Pair]:
-    pairs = []
-    for seq in _subdirs(base):
-        missing = [d for d in ("sharp", blur_folder) if not (seq / d).is_dir()]
-        if missing:
-            problems.append(Problem(_rel(seq, root), f"sequence has no {' or '.join(missing)} folder"))
-            continue
-        pairs += _match_exact(seq / blur_folder, seq / "sharp", seq.name, root, problems)
-    return pairs
-
-
-def _flat_is_kohler(blur_dir: Path, sharp_dir: Path) -> bool:
-    """Paired when most blurred stems equal a sharp stem; Kohler when most only extend one with _*."""
-    sharp = {p.stem for p in _images(sharp_dir)}
-    blurred = [p.stem for p in _images(blur_dir)]
-    exact = sum(s in sharp for s in blurred)
-    prefixed = sum(s not in sharp and _sharp_for(s, sharp) is not None for s in blurred)
-    return prefixed > exact
-
-
-def discover(root: Path, layout: str = "auto", *, split: str = "test", blur_folder: str = "blur") -> Dataset:
-    """The blurred/sharp pairs under `root`, sorted, with every file that could not be paired."""
-    root = Path(root)
-    if not root.is_dir():
-        raise MsdnError(f"dataset folder not found: {root}" if not root.exists() else f"{root} is not a folder")
-    if layout not in LAYOUTS:
-        raise MsdnError(f"unknown layout '{layout}': choose one of {', '.join(LAYOUTS)}")
-    flat = (root / blur_folder).is_dir() and (root / "sharp").is_dir()
-    gopro_base = _gopro_base(root, split, blur_folder)
-    if layout == "auto":
-        if flat:
-            layout = "kohler" if _flat_is_kohler(root / blur_folder, root / "sharp") else "paired"
-        elif gopro_base is not None:
-            layout = "gopro"
-        elif any(_is_kohler_folder(d) for d in _subdirs(root)):
-            layout = "kohler"
-        else:
-            raise MsdnError(
-                f"cannot tell the layout of {root}: expected {split}/SEQ/{{{blur_folder},sharp}}/ (GOPRO), "
-                f"{{{blur_folder},sharp}}/ (paired or Kohler) or NAME/{SHARP_STEM}.png folders (Kohler)")
-    problems: list[Problem] = []
-    if layout == "gopro":
-        if gopro_base is None:
-            raise MsdnError(f"{root} is not a GOPRO folder: expected {root}/{split}/SEQ/{blur_folder}/ and "
-                            f"{root}/{split}/SEQ/sharp/ (or SEQ folders directly in {root})")
-        pairs = _gopro(gopro_base, root, blur_folder, problems)
-    elif layout == "paired":
-        if not flat:
-            raise MsdnError(f"{root} is not a paired folder: expected {root}/{blur_folder}/ and {root}/sharp/")
-        pairs = _match_exact(root / blur_folder, root / "sharp", "", root, problems)
-    elif flat:
-        pairs = _match_kohler(root / blur_folder, root / "sharp", root, problems)
-    elif any(_is_kohler_folder(d) for d in _subdirs(root)):
-        pairs = _kohler_folders(root, blur_folder, problems)
-    else:
-        raise MsdnError(f"{root} is not a Kohler-style folder: expected {root}/sharp/NAME.png with "
-                        f"{root}/{blur_folder}/NAME_*.png, or {root}/NAME/{SHARP_STEM}.png folders")
-    if not pairs:
-        detail = f" ({len(problems)} files could not be paired, e.g. {problems[0].path}: {problems[0].reason})" \
-            if problems else ""
-        raise MsdnError(f"no blurred/sharp pairs found in {root} (layout {layout}){detail}")
-    pairs.sort(key=lambda p: (p.group, p.name))
-    return Dataset(root, layout, tuple(pairs), tuple(problems))
-
-
 # --- evaluation ----------------------------------------------------------------------------------
 
 
@@ -317,12 +132,11 @@ def load_contenders(models: Sequence[str], weights: Sequence[Path], device: torc
     sources: list[tuple[str | None, Path | None]] = [(m, None) for m in models] + [(None, Path(w)) for w in weights]
     if not sources and not identity:
         sources = [(None, None)]
-    resolved = [resolve_weights(model=m, weights=w, offline=offline) for m, w in sources]
-    names = [r.entry.name if r.entry is not None else r.path.stem for r in resolved]
-    labels = unique_labels(([IDENTITY] if identity else []) + names)
+    ready = [ready_model(select_weights(m, w), device, offline=offline) for m, w in sources]
+    labels = unique_labels(([IDENTITY] if identity else []) + [r.label for r in ready])
     out = [Contender(IDENTITY, None)] if identity else []
-    for label, r in zip(labels[len(out):], resolved):
-        out.append(Contender(label, prepare_model(load_resolved(r), device)))
+    for label, r in zip(labels[len(out):], ready):
+        out.append(Contender(label, r.model, r.tile, r.overlap))
     return out
 
 
@@ -362,18 +176,18 @@ def _load_pair(pair: Pair, root: Path, protocol: str, border: int) -> tuple[Tens
     try:
         blurred, sharp = load_image(pair.blurred).rgb, load_image(pair.sharp).rgb
     except MsdnError as exc:
-        return Problem(_rel(pair.blurred, root), f"unreadable: {exc}")
+        return Problem(relative(pair.blurred, root), f"unreadable: {exc}")
     if blurred.shape != sharp.shape:
-        return Problem(_rel(pair.blurred, root), f"size {blurred.shape[-1]}x{blurred.shape[-2]} differs from the "
+        return Problem(relative(pair.blurred, root), f"size {blurred.shape[-1]}x{blurred.shape[-2]} differs from the "
                                                   f"sharp image's {sharp.shape[-1]}x{sharp.shape[-2]}")
     try:
         blurred, sharp = _protocol_view(blurred, protocol), _protocol_view(sharp, protocol)
     except ValueError as exc:
-        return Problem(_rel(pair.blurred, root), str(exc))
+        return Problem(relative(pair.blurred, root), str(exc))
     need = 2 * metrics.SSIM_RADIUS + 1 + 2 * border
     if min(sharp.shape[-2:]) < need:
         why = f"the SSIM window plus --crop-border {border}" if border else "the SSIM window"
-        return Problem(_rel(pair.blurred, root), f"a {sharp.shape[-1]}x{sharp.shape[-2]} image is too small: "
+        return Problem(relative(pair.blurred, root), f"a {sharp.shape[-1]}x{sharp.shape[-2]} image is too small: "
                                                   f"{why} needs at least {need}x{need} pixels")
     return blurred, sharp
 
@@ -384,8 +198,8 @@ def evaluate(
     *,
     protocol: str = "full",
     crop_border: int = 0,
-    tile: int = 256,
-    overlap: int = 32,
+    tile: int | None = None,
+    overlap: int | None = None,
     batch_size: int = 4,
     amp: str | None = None,
     limit: int | None = None,
@@ -400,6 +214,7 @@ def evaluate(
 
     Each image is loaded once and shown to all contenders, so models are compared on identical
     inputs. `seconds` is the wall time of the tiled inference alone (0 for the identity baseline).
+    `tile` / `overlap` override every contender's own tiling (its manifest entry's, else the defaults).
     """
     if protocol not in PROTOCOLS:
         raise MsdnError(f"unknown protocol '{protocol}': choose one of {', '.join(PROTOCOLS)}")
@@ -409,14 +224,16 @@ def evaluate(
         raise MsdnError("nothing to evaluate: give a model, weights, or --baseline identity")
     if align < 0:
         raise MsdnError(f"--align must be 0 or more, got {align}")
+    tiling = {c.label: _tiling(c, tile, overlap) for c in contenders if c.model is not None}
     pairs = dataset.pairs[:limit] if limit is not None else dataset.pairs
     report = Report(dataset.root, dataset.layout, protocol, crop_border, [c.label for c in contenders],
                     sorted({p.group for p in pairs}), problems=list(dataset.problems), align=align)
     start = time.perf_counter()
     for contender in contenders:  # the first call pays for kernel selection; keep that out of image 1's time
         if contender.model is not None:
-            side = min(tile, 512) + 1
-            deblur(contender.model, torch.zeros(1, 3, side, side), tile=tile, overlap=overlap,
+            chosen_tile, chosen_overlap = tiling[contender.label]
+            side = min(chosen_tile, 512) + 1
+            deblur(contender.model, torch.zeros(1, 3, side, side), tile=chosen_tile, overlap=chosen_overlap,
                    batch_size=batch_size, amp=amp)
     total, done = len(pairs) * len(contenders), 0
     if progress is not None:
@@ -436,7 +253,9 @@ def evaluate(
             if contender.model is None:
                 output, seconds = blurred, 0.0
             else:
-                output = deblur(contender.model, blurred, tile=tile, overlap=overlap, batch_size=batch_size, amp=amp)
+                chosen_tile, chosen_overlap = tiling[contender.label]
+                output = deblur(contender.model, blurred, tile=chosen_tile, overlap=chosen_overlap,
+                                batch_size=batch_size, amp=amp)
                 seconds = time.perf_counter() - t0
             scored = metrics.crop_border(output, crop_border)
             aligned: tuple[float | None, float | None] = (None, None)
@@ -458,6 +277,13 @@ def evaluate(
                 progress(done, total)
     report.total_seconds = time.perf_counter() - start
     return report
+
+
+def _tiling(contender: Contender, tile: int | None, overlap: int | None) -> tuple[int, int]:
+    """The contender's (tile, overlap) with the user's overrides, checked once for the whole run."""
+    chosen = (contender.tile if tile is None else tile, contender.overlap if overlap is None else overlap)
+    validate_tiling(*chosen)
+    return chosen
 
 
 def side_by_side(*images: Tensor, gap: int = 4) -> Tensor:

@@ -20,10 +20,11 @@ from torch import Tensor
 
 from deblur_cli.errors import MsdnError
 from deblur_cli.model import MSDN, fuse_for_inference
-from deblur_cli.tiling import AxisTile, axis_windows, plan_axis, source_indices, validate_tiling
+from deblur_cli.tiling import DEFAULT_OVERLAP, DEFAULT_TILE, AxisTile, axis_windows, plan_image, source_indices
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 AMP_CHOICES = ("auto", "none", *AMP_DTYPES)  # what --amp accepts, in every command
+AMP_MODES = (None, "auto", *AMP_DTYPES)  # what `deblur(amp=...)` accepts: "none" is spelled None
 
 
 def select_device(name: str = "auto") -> torch.device:
@@ -73,31 +74,30 @@ def deblur(
     model: MSDN,
     image: Tensor,
     *,
-    tile: int = 256,
-    overlap: int = 32,
+    tile: int = DEFAULT_TILE,
+    overlap: int = DEFAULT_OVERLAP,
     batch_size: int = 4,
     amp: str | None = None,
     progress: Callable[[int, int], None] | None = None,
+    multiple: int | None = None,
 ) -> Tensor:
     """Deblur a (1, 3, H, W) float [0, 1] CPU image tile by tile; returns (1, 3, H, W) float32 on CPU.
 
     `progress(done_tiles, total_tiles)` is called once before the first batch and after each.
+    `multiple`: the model's size requirement, so tiles are cut to sizes it needs no padding for;
+    by default the `size_multiple` the model declares (1 for a module that declares none).
     """
-    validate_tiling(tile, overlap)
     if batch_size < 1:
         raise MsdnError(f"batch size must be at least 1, got {batch_size}")
     if image.ndim != 4 or image.shape[0] != 1:
         raise ValueError(f"expected a (1, C, H, W) image, got shape {tuple(image.shape)}")
+    rows, cols = plan_image(*image.shape[-2:], tile, overlap, _multiple(model, multiple))  # checks tile/overlap once
     param = next(model.parameters())
     device = param.device
     amp_context = autocast(resolve_amp(amp, device), device)
     memory_format = torch.channels_last if _is_channels_last(model) else torch.contiguous_format
 
     image = image.detach().to("cpu", torch.float32)
-    height, width = image.shape[-2:]
-    # Tiles sized to the model's multiple need no internal padding (plain test modules have none).
-    multiple = model.config.size_multiple if isinstance(model, MSDN) else 1
-    rows, cols = plan_axis(height, tile, overlap, multiple), plan_axis(width, tile, overlap, multiple)
     row_weights = [w.to(device, torch.float32) for w in axis_windows(rows)]
     col_weights = [w.to(device, torch.float32) for w in axis_windows(cols)]
     grid = [(r, c) for r in range(len(rows)) for c in range(len(cols))]
@@ -118,6 +118,11 @@ def deblur(
             if progress is not None:
                 progress(done, total)
     return output.clamp_(0.0, 1.0)
+
+
+def _multiple(model: torch.nn.Module, multiple: int | None) -> int:
+    """Tiles sized to the model's multiple need no internal padding (plain test modules declare none)."""
+    return int(getattr(model, "size_multiple", 1)) if multiple is None else multiple
 
 
 def cpu_has_native_bf16() -> bool:

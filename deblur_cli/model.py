@@ -183,11 +183,16 @@ class PyramidPooling(nn.Module):
 
 
 class MSDN(nn.Module):
-    """(B, 3, H, W) in [0, 1] -> (B, 3, H, W) in [0, 1], for any H, W."""
+    """(B, 3, H, W) in [0, 1] -> (B, 3, H, W) in [0, 1], for any H, W.
+
+    `size_multiple` is its size requirement as plain data (spandrel's `size_requirements`): inputs
+    whose sides are multiples of it run without internal padding, which is what tilers ask for.
+    """
 
     def __init__(self, config: MSDNConfig | None = None) -> None:
         super().__init__()
         cfg = self.config = config or MSDNConfig()
+        self.size_multiple = cfg.size_multiple
         s, k, p = cfg.space_to_depth, cfg.growth_rate, cfg.dropout
         c = cfg.stem_channels
 

@@ -22,20 +22,21 @@ from deblur_cli.errors import MsdnError
 from deblur_cli.files import remove_stale_temps
 from deblur_cli.images import (DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, check_output_dir, load_image, output_format,
                                save_image)
-from deblur_cli.inference import AMP_CHOICES
+from deblur_cli.inference import AMP_CHOICES, AMP_MODES, deblur
 from deblur_cli.model import MSDN
-from deblur_cli.tiling import validate_tiling
+from deblur_cli.tiling import DEFAULT_OVERLAP, DEFAULT_TILE, validate_tiling
 
 Progress = Callable[[int, int], None]
 RECORD = ".msdn-outputs.jsonl"  # in an output folder: the files deblur-dir wrote there
+_AMP_HELP = f"{', '.join(AMP_CHOICES[:-1])} or {AMP_CHOICES[-1]}"  # "auto, none, bf16 or fp16"
 
 
 @dataclass(frozen=True)
 class DeblurSettings:
     """Everything about one file's run except the model and the paths."""
 
-    tile: int = 256
-    overlap: int = 32
+    tile: int = DEFAULT_TILE
+    overlap: int = DEFAULT_OVERLAP
     batch_size: int = 4
     amp: str | None = "auto"  # "auto", None, "bf16" or "fp16"
     quality: int = 95
@@ -45,8 +46,8 @@ class DeblurSettings:
         validate_tiling(self.tile, self.overlap)
         if self.batch_size < 1:
             raise MsdnError(f"--batch-size must be at least 1, got {self.batch_size}")
-        if self.amp not in (None, "auto", "bf16", "fp16"):
-            raise MsdnError(f"unknown --amp {self.amp!r}; use auto, none, bf16 or fp16")
+        if self.amp not in AMP_MODES:
+            raise MsdnError(f"unknown --amp {self.amp!r}; use {_AMP_HELP}")
         if not 1 <= self.quality <= 100:
             raise MsdnError(f"--quality must be between 1 and 100, got {self.quality}")
         if self.max_pixels < 1:
@@ -57,29 +58,8 @@ def parse_amp(value: str) -> str | None:
     """The CLI's `auto|none|bf16|fp16` as `deblur`'s amp argument."""
     choice = value.strip().lower()
     if choice not in AMP_CHOICES:
-        raise MsdnError(f"unknown --amp {value!r}; use auto, none, bf16 or fp16")
+        raise MsdnError(f"unknown --amp {value!r}; use {_AMP_HELP}")
     return None if choice == "none" else choice
-
-
-def recommended_tiling(model: str | None = None, weights: Path | None = None) -> tuple[int, int]:
-    """The manifest entry's tile and overlap for a named model; 256 / 32 for a file given by path."""
-    if weights is not None:
-        return DeblurSettings.tile, DeblurSettings.overlap
-    from deblur_cli.weights import load_manifest
-
-    entry = load_manifest().entry(model)
-    return entry.tile, entry.overlap
-
-
-def load_model(model: str | None = None, weights: Path | None = None, offline: bool = False,
-               device: str = "auto", download_progress: Progress | None = None) -> MSDN:
-    """The generator, fused and on its device; the device is checked first so a typo fails before a download."""
-    from deblur_cli.inference import prepare_model, select_device
-    from deblur_cli.weights import load_generator
-
-    target = select_device(device)
-    return prepare_model(load_generator(model=model, weights=weights, offline=offline, progress=download_progress),
-                         target)
 
 
 # --- one file ------------------------------------------------------------------------------------
@@ -120,8 +100,6 @@ class FileResult:
 def deblur_file(model: MSDN, source: Path, target: Path, settings: DeblurSettings = DeblurSettings(),
                 progress: Progress | None = None) -> FileResult:
     """Load, deblur and save one photo."""
-    from deblur_cli.inference import deblur
-
     try:
         loaded = load_image(source, max_pixels=settings.max_pixels)
         restored = deblur(model, loaded.rgb, tile=settings.tile, overlap=settings.overlap,

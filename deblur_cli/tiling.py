@@ -29,6 +29,11 @@ from torch import Tensor
 
 from deblur_cli.errors import MsdnError
 
+# The tool's tiling when nothing else says: a file given by path, `deblur()` called without sizes.
+# A named model's own tiling lives in its manifest entry.
+DEFAULT_TILE = 256
+DEFAULT_OVERLAP = 32
+
 
 @dataclass(frozen=True)
 class AxisTile:
@@ -58,6 +63,13 @@ def validate_tiling(tile: int, overlap: int) -> None:
         raise MsdnError(f"tile overlap cannot be negative, got {overlap}")
     if overlap >= tile:
         raise MsdnError(f"tile overlap ({overlap}) must be smaller than the tile size ({tile})")
+
+
+def model_tiling(multiple: int) -> tuple[int, int]:
+    """The defaults fitted to a model's size multiple: the largest multiple up to DEFAULT_TILE (at
+    least one), with DEFAULT_OVERLAP, or a quarter of a tile too small to hold it."""
+    tile = DEFAULT_TILE if DEFAULT_TILE % multiple == 0 else multiple * max(1, DEFAULT_TILE // multiple)
+    return tile, DEFAULT_OVERLAP if tile > 64 else tile // 4
 
 
 def border_pad(overlap: int) -> int:
@@ -111,6 +123,17 @@ def plan_axis(length: int, tile: int, overlap: int, multiple: int = 1) -> list[A
     pads nothing) when the image does not fill whole `tile`-sized steps.
     """
     validate_tiling(tile, overlap)
+    return _plan_axis(length, tile, overlap, multiple)
+
+
+def plan_image(height: int, width: int, tile: int, overlap: int,
+               multiple: int = 1) -> tuple[list[AxisTile], list[AxisTile]]:
+    """(row tiles, column tiles) of an image, with the sizes checked once for both axes."""
+    validate_tiling(tile, overlap)
+    return _plan_axis(height, tile, overlap, multiple), _plan_axis(width, tile, overlap, multiple)
+
+
+def _plan_axis(length: int, tile: int, overlap: int, multiple: int) -> list[AxisTile]:
     if length < 1:
         raise ValueError(f"cannot tile an empty axis (length {length})")
     pad = border_pad(overlap)

@@ -39,16 +39,17 @@ from deblur_cli import data as D
 from deblur_cli import losses as L
 from deblur_cli import shake
 from deblur_cli import synthetic as S
+from deblur_cli.checkpoint import CHECKPOINT, load_training_checkpoint, save_checkpoint
+from deblur_cli.configfile import config_json
 from deblur_cli.errors import MsdnError
-from deblur_cli.files import atomic_path, atomic_write_bytes
+from deblur_cli.files import atomic_write_bytes
 from deblur_cli.inference import AMP_CHOICES, autocast, deblur, resolve_amp, select_device
 from deblur_cli.metrics import psnr, ssim
 from deblur_cli.model import MSDN, MSDNConfig, count_parameters
-from deblur_cli.weights import config_json, save_weights, torch_load
+from deblur_cli.weightfile import save_weights
 
 CONTENT_LOSSES = ("perceptual", "l1", "charbonnier")
 SCHEDULES = ("paper", "cosine")
-CHECKPOINT = "last.pt"
 BEST = "best.safetensors"
 METRICS = "metrics.jsonl"
 VAL_CROP = 256  # side of the validation crops of synthetic-blur runs
@@ -255,24 +256,6 @@ def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate((state["python_version"], tuple(int(v) for v in state["python"].tolist()), state["python_gauss"]))
     if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def save_checkpoint(path: Path, checkpoint: dict[str, Any]) -> None:
-    with atomic_path(Path(path)) as tmp:
-        torch.save(checkpoint, tmp)
-
-
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    """A training checkpoint (a file, or a run folder holding last.pt), loaded weights_only."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / CHECKPOINT
-    if not path.is_file():
-        raise MsdnError(f"checkpoint not found: {path}")
-    checkpoint = torch_load(path, "training checkpoint")
-    if not isinstance(checkpoint, dict) or "generator" not in checkpoint or "train_config" not in checkpoint:
-        raise MsdnError(f"{path} is not an msdn training checkpoint")
-    return checkpoint
 
 
 def _select_device(name: str, local_rank: int | None) -> torch.device:
@@ -569,7 +552,7 @@ def train(config: TrainConfig, model_config: MSDNConfig | None = None, *, resume
     refuses a run folder that already holds a checkpoint, and an existing `export` file or the
     config.json beside it, unless `overwrite`: hours of someone's training are not replaced silently.
     """
-    checkpoint = load_checkpoint(resume) if resume is not None else None
+    checkpoint = load_training_checkpoint(resume) if resume is not None else None
     if checkpoint is not None:
         saved = TrainConfig.from_dict(checkpoint["train_config"])
         config = replace(saved, **{name: getattr(config, name) for name in RUNTIME_FIELDS})

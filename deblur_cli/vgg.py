@@ -25,8 +25,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from deblur_cli.checkpoint import torch_load
 from deblur_cli.errors import MsdnError
-from deblur_cli.weights import torch_load
 
 # torchvision's `vgg19().features` layout (config "E"): conv channel counts, "M" = max-pool.
 _CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512)

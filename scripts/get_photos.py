@@ -49,9 +49,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from deblur_cli.files import atomic_path, atomic_write_bytes
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-from deblur_cli.files import atomic_path, atomic_write_bytes  # noqa: E402
 
 Image.MAX_IMAGE_PIXELS = 200_000_000  # the Enlightenment backgrounds go up to 7680x4320
 SOURCES_FILE = Path(__file__).with_name("photo_sources.json")

@@ -25,7 +25,9 @@ from pathlib import Path
 
 from deblur_cli.errors import MsdnError
 from deblur_cli.files import atomic_path
-from deblur_cli.weights import entry_template, parse_manifest, read_config
+from deblur_cli.manifest import parse_manifest
+from deblur_cli.publish import entry_template
+from deblur_cli.weightfile import read_config
 
 REPO = Path(__file__).resolve().parents[1]
 IDENTITY = "identity"

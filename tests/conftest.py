@@ -18,7 +18,7 @@ import torch
 from typer.testing import CliRunner
 
 from deblur_cli.model import MSDN, MSDNConfig
-from deblur_cli.weights import save_weights
+from deblur_cli.weightfile import save_weights
 
 TINY = MSDNConfig(stem_channels=8, growth_rate=4, encoder_layers=(1, 1), bottleneck_layers=1, decoder_layers=(1, 1),
                   pyramid_pools=(2, 4))

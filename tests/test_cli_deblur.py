@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from deblur_cli import cli
 from deblur_cli.images import load_image
 from deblur_cli.inference import deblur, prepare_model
-from deblur_cli.weights import build_generator, load_weights_file
+from deblur_cli.weightfile import build_generator, load_weights_file
 
 FAST = ["--tile", "64", "--overlap", "16", "--device", "cpu"]
 

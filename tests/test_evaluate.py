@@ -21,11 +21,11 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from typer.testing import CliRunner
 
 from deblur_cli.cli import app
+from deblur_cli.datasets import Pair, discover
 from deblur_cli.errors import MsdnError
-from deblur_cli.evaluate import (Contender, Pair, check_outputs, discover, evaluate, output_paths, side_by_side,
-                                 unique_labels)
+from deblur_cli.evaluate import Contender, check_outputs, evaluate, output_paths, side_by_side, unique_labels
 from deblur_cli.model import MSDN, MSDNConfig
-from deblur_cli.weights import save_weights
+from deblur_cli.weightfile import save_weights
 
 TINY = MSDNConfig(stem_channels=8, growth_rate=4, encoder_layers=(1, 1), bottleneck_layers=1,
                   decoder_layers=(1, 1), pyramid_pools=(2, 4))

@@ -24,7 +24,10 @@ from conftest import TINY, sha256
 from PIL import Image
 from typer.testing import CliRunner
 
+from deblur_cli import checkpoint as ck
 from deblur_cli import cli, files
+from deblur_cli import manifest as mf
+from deblur_cli import weightfile as wf
 from deblur_cli import weights as w
 from deblur_cli.errors import MsdnError
 from deblur_cli.model import MSDN, MSDNConfig
@@ -160,7 +163,7 @@ def test_deblur_dir_counts_a_failed_write_as_failed(tmp_path: Path, weights: Pat
 def test_export_and_weights_writes_on_a_full_disk(tmp_path: Path, weights: Path,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     ckpt = tmp_path / "best.pt"
-    torch.save({"generator": w.load_weights_file(weights)[1], "model_config": TINY.to_dict(), "step": 3}, ckpt)
+    torch.save({"generator": wf.load_weights_file(weights)[1], "model_config": TINY.to_dict(), "step": 3}, ckpt)
     out = tmp_path / "pub" / "m.safetensors"
     out.parent.mkdir()
     assert run("weights", "export", ckpt, "-o", out).code == 0
@@ -182,7 +185,7 @@ def test_outputs_get_the_umask_mode(tmp_path: Path, weights: Path, umask: int) -
     try:
         assert run("deblur", src, "-o", tmp_path / "out.jpg", "--weights", weights, *FAST).code == 0
         files.atomic_write_bytes(tmp_path / "report.json", b"{}")
-        w.save_weights(tmp_path / "g.safetensors", MSDN(TINY).state_dict(), TINY)
+        wf.save_weights(tmp_path / "g.safetensors", MSDN(TINY).state_dict(), TINY)
     finally:
         os.umask(old)
     for name in ("out.jpg", "report.json", "g.safetensors"):
@@ -324,7 +327,7 @@ def _weights_with(tmp_path: Path, change) -> Path:  # noqa: ANN001
     config = change(state)
     config = config if isinstance(config, MSDNConfig) else TINY
     path = tmp_path / "bad.safetensors"
-    w.save_weights(path, state, config)
+    wf.save_weights(path, state, config)
     return path
 
 
@@ -358,13 +361,13 @@ def test_broken_weights_are_refused_at_load(tmp_path: Path, case: str, change, m
 
 def test_export_leaves_an_unrelated_readme_and_config_alone(tmp_path: Path, weights: Path) -> None:
     ckpt = tmp_path / "best.pt"
-    torch.save({"generator": w.load_weights_file(weights)[1], "model_config": TINY.to_dict()}, ckpt)
+    torch.save({"generator": wf.load_weights_file(weights)[1], "model_config": TINY.to_dict()}, ckpt)
     (tmp_path / "README.md").write_text("# my project\n")
     (tmp_path / "config.json").write_text('{"mine": true}\n')
     assert run("weights", "export", ckpt, "-o", tmp_path / "m.safetensors", "--overwrite").code == 0
     assert (tmp_path / "README.md").read_text() == "# my project\n"
     assert (tmp_path / "config.json").read_text() == '{"mine": true}\n'
-    assert w.read_config(tmp_path / "m.safetensors") == TINY
+    assert wf.read_config(tmp_path / "m.safetensors") == TINY
 
 
 # --- 7, 12, 13, 14: messages and streams ----------------------------------------------------------
@@ -456,8 +459,8 @@ def test_hostile_files_give_one_line(tmp_path: Path, kind: str, reader: str) -> 
               "manifest": ".json", "record": ""}[reader]
     path = tmp_path / f"hostile{suffix}"
     path.write_bytes(HOSTILE[kind])
-    load = {"image": load_image, "weights": lambda p: w.load_generator(weights=p), "checkpoint": w.load_checkpoint,
-            "vgg": vgg.load_vgg19, "manifest": w.load_manifest}.get(reader)
+    load = {"image": load_image, "weights": lambda p: w.load_generator(weights=p), "checkpoint": ck.load_checkpoint,
+            "vgg": vgg.load_vgg19, "manifest": mf.load_manifest}.get(reader)
     if reader == "record":  # a damaged record only protects more: nothing counts as msdn's output
         (tmp_path / RECORD).write_bytes(HOSTILE[kind])
         assert pipeline.read_record(tmp_path) == {}
@@ -475,7 +478,7 @@ def test_checkpoint_with_an_impossible_step_is_refused(tmp_path: Path) -> None:
     for step in (-5, 10**15):
         torch.save({"generator": state, "model_config": TINY.to_dict(), "step": step}, tmp_path / "c.pt")
         with pytest.raises(MsdnError, match="impossible training step"):
-            w.load_checkpoint(tmp_path / "c.pt")
+            ck.load_checkpoint(tmp_path / "c.pt")
 
 
 def test_checkpoint_with_wrong_shapes_is_one_line(tmp_path: Path, weights: Path) -> None:

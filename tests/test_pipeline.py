@@ -106,9 +106,9 @@ def test_same_output_name_is_a_clash(tmp_path: Path) -> None:
 
 
 def test_deblur_directory_goes_on_past_a_bad_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import deblur_cli.inference as inference
+    from deblur_cli import pipeline
 
-    monkeypatch.setattr(inference, "deblur", lambda model, image, **kw: 1.0 - image)  # stand-in network
+    monkeypatch.setattr(pipeline, "deblur", lambda model, image, **kw: 1.0 - image)  # stand-in network
     root = tmp_path / "photos"
     _image(root / "a.png")
     (root / "b.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")

@@ -209,8 +209,9 @@ def test_level_table_raw_and_aligned() -> None:
 
 
 def test_manifest_apply_needs_the_held_out_gain(tmp_path: Path) -> None:
+    from deblur_cli.manifest import load_manifest
     from deblur_cli.model import MSDN, MSDNConfig
-    from deblur_cli.weights import load_manifest, save_weights
+    from deblur_cli.weightfile import save_weights
 
     config = MSDNConfig(stem_channels=8, growth_rate=4, encoder_layers=(1, 1), bottleneck_layers=1,
                         decoder_layers=(1, 1), pyramid_pools=(2, 4))

@@ -18,10 +18,11 @@ from typer.testing import CliRunner
 
 from deblur_cli import train as T
 from deblur_cli import vgg as V
+from deblur_cli.checkpoint import load_training_checkpoint
 from deblur_cli.cli import app
 from deblur_cli.errors import MsdnError
 from deblur_cli.model import MSDNConfig
-from deblur_cli.weights import build_generator, load_weights_file
+from deblur_cli.weightfile import build_generator, load_weights_file
 
 torch.set_num_threads(2)
 
@@ -254,14 +255,14 @@ def test_time_limit_stops_with_a_checkpoint_that_resumes(photos: Path, tmp_path:
                      TINY, callback=events)
     assert result.step == 1 and result.exported is None and not export.exists()  # unfinished: nothing exported
     assert [e["step"] for e in events.events if e["event"] == "time_limit"] == [1]
-    assert T.load_checkpoint(run / T.CHECKPOINT)["step"] == 1
+    assert load_training_checkpoint(run / T.CHECKPOINT)["step"] == 1
     resumed = T.train(tiny_config(photos, run, steps=6, checkpoint_every=100, export=str(export)), TINY,
                       resume=run / T.CHECKPOINT)
     assert resumed.step == 6 and resumed.exported == export and export.is_file()
 
 
 def test_ema_is_what_validation_scores_and_export_ships(photos: Path, tmp_path: Path) -> None:
-    from deblur_cli.weights import load_checkpoint
+    from deblur_cli.checkpoint import load_checkpoint
 
     rec = Recorder()
     cfg = tiny_config(photos, tmp_path / "run", adv_weight=0.0, steps=6, ema_decay=0.5, warmup_steps=0, lr=1e-2,

@@ -21,6 +21,11 @@ from hub_server import FakeHub  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
+from deblur_cli import checkpoint as ck  # noqa: E402
+from deblur_cli import hub as hb  # noqa: E402
+from deblur_cli import manifest as mf  # noqa: E402
+from deblur_cli import publish as pub  # noqa: E402
+from deblur_cli import weightfile as wf  # noqa: E402
 from deblur_cli import weights as w  # noqa: E402
 from deblur_cli.cli import app  # noqa: E402
 from deblur_cli.errors import MsdnError  # noqa: E402
@@ -84,7 +89,7 @@ def manifest(monkeypatch, tmp_path):
     def write(entries: list[dict], default: str | None = None) -> Path:
         path = tmp_path / "weights_manifest.json"
         path.write_text(json.dumps({"schema_version": 1, "default": default, "models": entries}))
-        monkeypatch.setattr(w, "MANIFEST_PATH", path)
+        monkeypatch.setattr(mf, "MANIFEST_PATH", path)
         return path
 
     write.bundled_dir = bundled_dir  # type: ignore[attr-defined]
@@ -95,10 +100,10 @@ def publish(hub: FakeHub, tmp_path: Path, name: str = "tiny", seed: int = 0) -> 
     """Export a tiny model, put it on the fake Hub, and return its manifest entry."""
     model = tiny_model(seed)
     path = tmp_path / f"{name}.safetensors"
-    w.save_weights(path, model.state_dict(), TINY)
+    wf.save_weights(path, model.state_dict(), TINY)
     repo_id = f"tester/{tmp_path.name[-30:]}-{name}"
     commit = hub.add_file(repo_id, path.name, path.read_bytes())
-    entry = w.entry_template(name, TINY, path, {"psnr": 27.5}, repo_id=repo_id, revision=commit)
+    entry = pub.entry_template(name, TINY, path, {"psnr": 27.5}, repo_id=repo_id, revision=commit)
     path.unlink()  # only the Hub has it now
     return entry, model
 
@@ -116,7 +121,7 @@ def valid_entry() -> dict:
 
 
 def test_shipped_manifest_lists_no_models_and_root_file_links_to_it():
-    shipped = w.load_manifest()
+    shipped = mf.load_manifest()
     assert shipped.default is None and shipped.models == ()
     root = ROOT / "weights_manifest.json"
     assert root.is_symlink() and not os.path.isabs(os.readlink(root))
@@ -126,7 +131,7 @@ def test_shipped_manifest_lists_no_models_and_root_file_links_to_it():
 
 
 def test_valid_manifest_round_trips():
-    m = w.parse_manifest({"schema_version": 1, "default": "gopro", "models": [valid_entry()]})
+    m = mf.parse_manifest({"schema_version": 1, "default": "gopro", "models": [valid_entry()]})
     assert m.entry().name == "gopro" and m.entry().config == TINY
     assert m.entry("gopro").to_dict() == valid_entry()
 
@@ -154,7 +159,7 @@ def test_malformed_entry_names_the_field(change, message):
     entry = valid_entry()
     change(entry)
     with pytest.raises(MsdnError) as info:
-        w.parse_manifest({"schema_version": 1, "default": None, "models": [entry]}, "m.json")
+        mf.parse_manifest({"schema_version": 1, "default": None, "models": [entry]}, "m.json")
     text = str(info.value)
     assert text.startswith("m.json is malformed: ") and message in text and "\n" not in text
 
@@ -170,7 +175,7 @@ def test_malformed_entry_names_the_field(change, message):
 ])
 def test_malformed_manifest_names_the_field(data, message):
     with pytest.raises(MsdnError, match="malformed") as info:
-        w.parse_manifest(data)
+        mf.parse_manifest(data)
     assert message in str(info.value)
 
 
@@ -178,9 +183,9 @@ def test_manifest_file_errors(tmp_path):
     bad = tmp_path / "m.json"
     bad.write_text('{"schema_version": 1,\n "default": nul}')
     with pytest.raises(MsdnError, match=r"m.json is not valid JSON \(line 2, column 13"):
-        w.load_manifest(bad)
+        mf.load_manifest(bad)
     with pytest.raises(MsdnError, match="cannot read the weights manifest"):
-        w.load_manifest(tmp_path / "missing.json")
+        mf.load_manifest(tmp_path / "missing.json")
 
 
 def test_unknown_model_lists_the_known_ones(manifest):
@@ -201,7 +206,7 @@ def test_training_checkpoint_pt_loads_with_weights_only(tmp_path):
                 "best_val_psnr": 25.0, "optimizer": {"lr": torch.tensor(1e-4)}}, ckpt)
     loaded = w.load_generator(weights=ckpt)
     assert torch.equal(outputs(loaded), outputs(model))
-    assert w.load_checkpoint(ckpt).metrics == {"best_val_psnr": 25.0}
+    assert ck.load_checkpoint(ckpt).metrics == {"best_val_psnr": 25.0}
 
 
 class NotAStateDict:  # pickled by reference: only a full unpickler would rebuild it
@@ -244,7 +249,7 @@ def test_shape_mismatch_names_the_key(tmp_path):
     theirs, ours = MSDN(wider).state_dict(), MSDN(TINY).state_dict()
     first_bad = next(k for k in theirs if k in ours and theirs[k].shape != ours[k].shape)
     path = tmp_path / "g.safetensors"
-    w.save_weights(path, theirs, TINY)  # claims the tiny config, holds wider tensors
+    wf.save_weights(path, theirs, TINY)  # claims the tiny config, holds wider tensors
     with pytest.raises(MsdnError, match=re.escape(f"'{first_bad}' has shape {tuple(theirs[first_bad].shape)}, "
                                                   f"the config expects {tuple(ours[first_bad].shape)}")):
         w.load_generator(weights=path)
@@ -255,7 +260,7 @@ def test_missing_key_is_named(tmp_path):
     dropped = sorted(state)[0]
     del state[dropped]
     path = tmp_path / "g.safetensors"
-    w.save_weights(path, state, TINY)
+    wf.save_weights(path, state, TINY)
     with pytest.raises(MsdnError, match=f"missing key '{dropped}'"):
         w.load_generator(weights=path)
 
@@ -275,11 +280,11 @@ def test_hub_settings_read_at_call_time(monkeypatch, tmp_path):
     monkeypatch.delenv("HF_HUB_CACHE", raising=False)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    s = w.hub_settings()
+    s = hb.hub_settings()
     assert (s.endpoint, s.cache_dir, s.offline) == ("http://127.0.0.1:1", tmp_path / "home" / "hub", True)
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "c"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
-    assert (w.hub_settings().cache_dir, w.hub_settings().offline, w.hub_settings(offline=True).offline) == (
+    assert (hb.hub_settings().cache_dir, hb.hub_settings().offline, hb.hub_settings(offline=True).offline) == (
         tmp_path / "c", False, True)
 
 
@@ -292,7 +297,7 @@ def test_download_lands_in_cache_then_works_offline_with_server_stopped(monkeypa
         assert first.source == "download"
         expected = hf_cache / f"models--{entry['repo_id'].replace('/', '--')}" / "snapshots" / entry["revision"]
         assert first.path == expected / entry["filename"]
-        assert w.sha256_file(first.path) == entry["sha256"]
+        assert wf.sha256_file(first.path) == entry["sha256"]
         assert torch.equal(outputs(w.load_resolved(first)), outputs(model))
         assert own.requests and all("authorization" not in r.headers for r in own.requests)  # token=False
     seen = len(own.requests)
@@ -334,7 +339,7 @@ def test_tampered_cache_is_refused_offline_and_replaced_online(online, tmp_path,
         w.load_generator(offline=True)
 
     fixed = w.resolve_weights()  # online: the bad copy is replaced, never used
-    assert fixed.source == "download" and w.sha256_file(fixed.path) == entry["sha256"]
+    assert fixed.source == "download" and wf.sha256_file(fixed.path) == entry["sha256"]
     assert torch.equal(outputs(w.load_resolved(fixed)), outputs(model))
     assert runner.invoke(app, ["weights", "verify"]).exit_code == 0
 
@@ -370,8 +375,8 @@ def test_bundled_file_is_verified_and_needs_no_network(monkeypatch, tmp_path, hf
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens: any request would fail
     model = tiny_model(4)
     path = manifest.bundled_dir / "tiny-bundled.safetensors"
-    w.save_weights(path, model.state_dict(), TINY)
-    entry = w.entry_template("tiny", TINY, path, {}, repo_id="tester/b", revision="c" * 40)
+    wf.save_weights(path, model.state_dict(), TINY)
+    entry = pub.entry_template("tiny", TINY, path, {}, repo_id="tester/b", revision="c" * 40)
     manifest([{**entry, "bundled": path.name}], default="tiny")
     resolved = w.resolve_weights()
     assert resolved.source == "bundled" and resolved.path == path
@@ -386,11 +391,11 @@ def test_bundled_only_model_needs_no_hub_fields(monkeypatch, tmp_path, hf_cache,
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens: any request would fail
     model = tiny_model(5)
     path = manifest.bundled_dir / "tiny-only.safetensors"
-    w.save_weights(path, model.state_dict(), TINY)
-    entry = w.entry_template("tiny", TINY, path, {})
+    wf.save_weights(path, model.state_dict(), TINY)
+    entry = pub.entry_template("tiny", TINY, path, {})
     entry = {k: v for k, v in entry.items() if k not in ("repo_id", "revision")} | {"bundled": path.name}
     manifest([entry], default="tiny")
-    parsed = w.load_manifest().entry()
+    parsed = mf.load_manifest().entry()
     assert parsed.repo_id is None and parsed.revision is None and parsed.to_dict() == entry  # round trip
     assert w.local_copies(parsed) == {"bundled": path}
     assert w.fetch_model(parsed, force=True).source == "bundled"  # nothing to download it from
@@ -418,7 +423,7 @@ def test_download_shows_progress_for_a_large_file(online, tmp_path, manifest):
     commit = online.add_file("tester/big", "big.safetensors", data)
     src = tmp_path / "big.safetensors"
     src.write_bytes(data)
-    entry = w.entry_template("big", TINY, src, {}, repo_id="tester/big", revision=commit)
+    entry = pub.entry_template("big", TINY, src, {}, repo_id="tester/big", revision=commit)
     manifest([entry], default="big")
 
     result = runner.invoke(app, ["weights", "download"])
@@ -428,7 +433,7 @@ def test_download_shows_progress_for_a_large_file(online, tmp_path, manifest):
     assert path.read_bytes() == data
 
     calls: list[tuple[int, int]] = []
-    w.fetch_model(w.load_manifest().entry("big"), force=True, progress=lambda d, t: calls.append((d, t)))
+    w.fetch_model(mf.load_manifest().entry("big"), force=True, progress=lambda d, t: calls.append((d, t)))
     assert calls[0] == (0, 3_000_000) and calls[-1] == (3_000_000, 3_000_000)
     assert [d for d, _ in calls] == sorted(d for d, _ in calls)
 
@@ -458,11 +463,11 @@ def test_verify_a_local_file(tmp_path, monkeypatch):
     monkeypatch.setenv("COLUMNS", "250")
     path = tmp_path / "mine.safetensors"
     model = tiny_model()
-    w.save_weights(path, model.state_dict(), TINY)
+    wf.save_weights(path, model.state_dict(), TINY)
     ok = runner.invoke(app, ["weights", "verify", "--weights", str(path)])
     params = sum(p.numel() for p in model.parameters())
     assert ok.exit_code == 0, ok.output
-    assert f"{params:,} parameters" in ok.stderr and w.sha256_file(path) in ok.stderr
+    assert f"{params:,} parameters" in ok.stderr and wf.sha256_file(path) in ok.stderr
     path.write_bytes(path.read_bytes()[:100])  # truncated
     broken = runner.invoke(app, ["weights", "verify", "--weights", str(path)])
     assert broken.exit_code == 1 and "not a readable safetensors file" in broken.output
@@ -484,7 +489,7 @@ def test_export_round_trip_and_push_to_the_hub(online, tmp_path, manifest):
     result = runner.invoke(app, ["weights", "export", str(ckpt), "-o", str(out), "--overwrite"])
     assert result.exit_code == 0, result.output
     printed = json.loads(result.stdout)
-    assert printed["sha256"] == w.sha256_file(out) and printed["size_bytes"] == out.stat().st_size
+    assert printed["sha256"] == wf.sha256_file(out) and printed["size_bytes"] == out.stat().st_size
     assert printed["metrics"] == {"best_val_psnr": 26.25} and printed["name"] == "msdn-tiny"
     assert torch.equal(outputs(w.load_generator(weights=out)), outputs(model))
     config_file, card_file = out.parent / "msdn-tiny.config.json", out.parent / "msdn-tiny.md"
@@ -500,7 +505,7 @@ def test_export_round_trip_and_push_to_the_hub(online, tmp_path, manifest):
                                "--overwrite"]).exit_code == 0
     assert half.stat().st_size < 0.6 * out.stat().st_size
     assert torch.allclose(outputs(w.load_generator(weights=half)), outputs(model), atol=2e-2)
-    w.export_checkpoint(ckpt, out, overwrite=True)  # put the fp32 card/config back beside it
+    pub.export_checkpoint(ckpt, out, overwrite=True)  # put the fp32 card/config back beside it
 
     pushed = runner.invoke(app, ["weights", "push", "msdn-tiny", "--repo-id", "tester/pushed",
                                  "--weights", str(out), "--token", "hf_test_token", "--private"])
@@ -524,7 +529,7 @@ def test_push_errors_are_one_line(online, tmp_path):
                                  str(tmp_path / "missing.safetensors")])
     assert result.exit_code == 1 and "weights file not found" in result.output
     path = tmp_path / "x.safetensors"
-    w.save_weights(path, tiny_model().state_dict(), TINY)
+    wf.save_weights(path, tiny_model().state_dict(), TINY)
     result = runner.invoke(app, ["weights", "push", "x", "--repo-id", "tester/x", "--weights", str(path),
                                  "--token", "t", "--revision", "no-such-branch"])
     assert result.exit_code == 1 and "branch 'no-such-branch' does not exist" in result.output
@@ -545,16 +550,16 @@ def test_unreachable_endpoint_gives_one_line_after_retries(monkeypatch, hf_cache
 def test_export_from_a_trained_safetensors_keeps_its_metrics(tmp_path):
     model = tiny_model(6)
     src = tmp_path / "best.safetensors"  # as `msdn train` exports it: scalars in the metadata
-    w.save_weights(src, model.state_dict(), TINY, metadata={"step": "500", "val_psnr": "24.5000"})
+    wf.save_weights(src, model.state_dict(), TINY, metadata={"step": "500", "val_psnr": "24.5000"})
     (tmp_path / "out").mkdir()
-    result = w.export_checkpoint(src, tmp_path / "out" / "m.safetensors")
+    result = pub.export_checkpoint(src, tmp_path / "out" / "m.safetensors")
     assert result.entry["metrics"] == {"val_psnr": 24.5}
     assert "| val_psnr | 24.5 |" in result.readme.read_text() and "500" in result.readme.read_text()
     assert torch.equal(outputs(w.load_generator(weights=result.weights)), outputs(model))
 
 
 def test_deblur_tiling_defaults_come_from_the_manifest_entry(online, manifest, tmp_path):
-    from deblur_cli.pipeline import recommended_tiling
+    from deblur_cli.weights import recommended_tiling
 
     entry, _ = publish(online, tmp_path)
     manifest([{**entry, "tile": 128, "overlap": 16}], default="tiny")
@@ -563,3 +568,33 @@ def test_deblur_tiling_defaults_come_from_the_manifest_entry(online, manifest, t
     assert recommended_tiling(None, weights=tmp_path / "any.safetensors") == (256, 32)  # a file: the tool's defaults
     with pytest.raises(MsdnError, match="unknown model 'nope'"):
         recommended_tiling("nope")
+
+
+def test_eval_tiling_defaults_come_from_the_manifest_entry(online, manifest, tmp_path, monkeypatch):
+    """`msdn eval --model NAME` tiles as the manifest says, as `msdn deblur --model NAME` does."""
+    import numpy as np
+    from PIL import Image
+
+    from deblur_cli import evaluate as ev
+
+    entry, _ = publish(online, tmp_path)
+    manifest([{**entry, "tile": 64, "overlap": 8}], default="tiny")
+    data = tmp_path / "data"
+    for folder in ("blur", "sharp"):
+        (data / folder).mkdir(parents=True)
+        Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(
+            data / folder / "a.png")
+    seen: list[tuple[int, int]] = []
+    real = ev.deblur
+    monkeypatch.setattr(ev, "deblur", lambda model, image, **kw: seen.append((kw["tile"], kw["overlap"]))
+                        or real(model, image, **kw))
+    result = runner.invoke(app, ["eval", str(data), "--model", "tiny", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert set(seen) == {(64, 8)}
+    seen.clear()
+    result = runner.invoke(app, ["eval", str(data), "--model", "tiny", "--device", "cpu", "--tile", "32",
+                                 "--overlap", "4"])
+    assert result.exit_code == 0, result.output
+    assert set(seen) == {(32, 4)}  # options given override the model's
+    path_contender = ev.load_contenders([], [w.resolve_weights("tiny").path], torch.device("cpu"))[0]
+    assert (path_contender.tile, path_contender.overlap) == (256, 32)  # a file by path: the tool's defaults
