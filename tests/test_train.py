@@ -104,7 +104,7 @@ def test_tiny_run_end_to_end(photos: Path, tmp_path: Path) -> None:
     assert T.TrainConfig.from_dict(ckpt["train_config"]).steps == 4
 
     config, state = load_weights_file(tmp_path / "out" / "g.safetensors")
-    assert config == TINY and (tmp_path / "out" / "config.json").is_file()
+    assert config == TINY and (tmp_path / "out" / "g.config.json").is_file()
     build_generator(config, state)
     lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [x["step"] for x in lines if x["event"] == "step"] == [1, 2, 3, 4]
@@ -119,7 +119,7 @@ def test_resume_continues_exactly(photos: Path, tmp_path: Path) -> None:
     with pytest.raises(KeyboardInterrupt):
         T.train(tiny_config(photos, tmp_path / "part"), TINY, callback=killed)
     resumed = Recorder()
-    T.train(tiny_config(photos, tmp_path / "part"), None, resume=tmp_path / "part", callback=resumed)
+    T.train(None, resume=tmp_path / "part", callback=resumed)
 
     assert resumed.events[0]["step"] == 2
     a, b = full.steps(), resumed.steps()
@@ -187,9 +187,10 @@ def test_cli_train_and_errors(photos: Path, tmp_path: Path) -> None:
     again = runner.invoke(app, args)  # a second fresh run must not clobber the first
     assert again.exit_code == 1 and "already holds a training run" in again.output
     assert runner.invoke(app, [*args, "--overwrite"]).exit_code == 0
-    other = [a.replace("g.safetensors", "h.safetensors").replace(str(run), str(tmp_path / "run2")) for a in args]
-    clash = runner.invoke(app, other)  # a second model in the same folder would replace g's config.json
-    assert clash.exit_code == 1 and "config.json already exists" in clash.output, clash.output
+    other = [a.replace(str(run), str(tmp_path / "run2")) for a in args]
+    clash = runner.invoke(app, other)  # a second run must not replace the first one's export
+    assert clash.exit_code == 1 and "g.safetensors already exists" in clash.output, clash.output
+    assert (tmp_path / "g.config.json").is_file() and not (tmp_path / "config.json").exists()
     assert not (tmp_path / "run2").exists()
     resumed = runner.invoke(app, ["train", "--resume", str(run), "--workers", "0", "--device", "cpu"])
     assert resumed.exit_code == 0 and "done at step 2" in resumed.output  # already finished: nothing to do
@@ -256,9 +257,9 @@ def test_time_limit_stops_with_a_checkpoint_that_resumes(photos: Path, tmp_path:
     assert result.step == 1 and result.exported is None and not export.exists()  # unfinished: nothing exported
     assert [e["step"] for e in events.events if e["event"] == "time_limit"] == [1]
     assert load_training_checkpoint(run / T.CHECKPOINT)["step"] == 1
-    resumed = T.train(tiny_config(photos, run, steps=6, checkpoint_every=100, export=str(export)), TINY,
-                      resume=run / T.CHECKPOINT)
+    resumed = T.train(None, resume=run / T.CHECKPOINT)  # the export and checkpoint-every are the run's
     assert resumed.step == 6 and resumed.exported == export and export.is_file()
+    assert load_training_checkpoint(run / T.CHECKPOINT)["train_config"]["checkpoint_every"] == 100
 
 
 def test_ema_is_what_validation_scores_and_export_ships(photos: Path, tmp_path: Path) -> None:
