@@ -39,6 +39,7 @@ from deblur_cli import data as D
 from deblur_cli import losses as L
 from deblur_cli import shake
 from deblur_cli import synthetic as S
+from deblur_cli.budget import StepStart, over_budget
 from deblur_cli.checkpoint import CHECKPOINT, load_training_checkpoint, save_checkpoint, state_error
 from deblur_cli.configfile import config_from, config_json, side_files
 from deblur_cli.errors import MsdnError, first_line
@@ -684,7 +685,7 @@ def _train(config: TrainConfig, model_config: MSDNConfig, checkpoint: dict[str, 
             "opt_d": opt_d.state_dict() if opt_d else {}, "sched_d": sched_d.state_dict() if sched_d else {},
             "scaler_d": scaler_d.state_dict(),
             "rng": rngs, "step": step, "total_steps": total, "best_val_psnr": best,
-            "best_metric": validation.metric,
+            "best_metric": validation.metric, "val_pending": val_pending,
             "model_config": model_config.to_dict(), "train_config": config.to_dict(),
         }
         path = run_dir / CHECKPOINT
@@ -694,13 +695,46 @@ def _train(config: TrainConfig, model_config: MSDNConfig, checkpoint: dict[str, 
     last_checkpoint: Path | None = None
     samples = config.batch_size * ddp.world
     tick = started = time.perf_counter()
+    val_seconds, val_pending = 0.0, bool(checkpoint and checkpoint.get("val_pending"))
+
+    def validate(step: int) -> None:
+        nonlocal best, tick, val_seconds
+        if len(validation) and ddp.main:
+            val_start = time.perf_counter()
+            scores = validation.run(shipped, amp_name)
+            scores["seconds"] = val_seconds = time.perf_counter() - val_start
+            val_psnr = scores["psnr"]
+            if best is None or val_psnr > best:
+                best = val_psnr
+                _export(run_dir / BEST, shipped, model_config, step, val_psnr)
+            val_record = {"event": "val", "step": step, **scores, "best_psnr": best}
+            if log is not None:
+                log.write(val_record)
+            emit(val_record)
+        if ddp.world > 1:
+            best = _broadcast(best)
+            dist.barrier()
+        tick = time.perf_counter()
+
+    if val_pending:  # the validation a time limit postponed, then a checkpoint that no longer waits for it
+        validate(step)
+        val_pending, rngs = False, _gather_rng(ddp)
+        if ddp.main:
+            last_checkpoint = save(step)
+    timed_critic = config.max_minutes is not None and critic is not None
     for step, blurred, sharp in _pairs(loader, sampler, bank, config, device, step, total, ddp.rank, channels_last):
         record: dict[str, Any] = {"event": "step", "step": step + 1, "lr": opt_g.param_groups[0]["lr"]}
+        began = StepStart({"critic": critic, "opt_d": opt_d, "scaler_d": scaler_d}, rng_state) if timed_critic \
+            else None
         with autocast(amp_name, device):
             fake = g_forward(blurred)
 
         if d_train is not None and critic is not None and opt_d is not None:
+            abandoned = False
             for _ in range(config.critic_updates):
+                if began is not None and _out_of_time(started, config.max_minutes, ddp):
+                    abandoned = True
+                    break
                 opt_d.zero_grad(set_to_none=True)
                 alpha = torch.rand(sharp.shape[0], 1, 1, 1, device=device)
                 x_hat = L.interpolate(sharp, fake.float(), alpha)
@@ -713,6 +747,14 @@ def _train(config: TrainConfig, model_config: MSDNConfig, checkpoint: dict[str, 
                 scaler_d.scale(loss_d).backward()
                 scaler_d.step(opt_d)
                 scaler_d.update()
+            if abandoned and began is not None:  # out of time mid-step: back to the last finished step
+                began.restore(set_rng_state)
+                rngs = _gather_rng(ddp)
+                if ddp.main:
+                    last_checkpoint = save(step)
+                    emit({"event": "checkpoint", "step": step, "path": str(last_checkpoint)})
+                emit({"event": "time_limit", "step": step, "minutes": config.max_minutes})
+                break
             record.update(loss_d=loss_d.item(), gp=gp.item(), wasserstein=(real_s.mean() - fake_s.mean()).item())
 
         opt_g.zero_grad(set_to_none=True)
@@ -750,31 +792,18 @@ def _train(config: TrainConfig, model_config: MSDNConfig, checkpoint: dict[str, 
         emit(record)
 
         if step % val_every == 0 or step == total:
-            if len(validation) and ddp.main:
-                val_start = time.perf_counter()
-                scores = validation.run(shipped, amp_name)
-                scores["seconds"] = time.perf_counter() - val_start
-                val_psnr = scores["psnr"]
-                improved = best is None or val_psnr > best
-                if improved:
-                    best = val_psnr
-                    _export(run_dir / BEST, shipped, model_config, step, val_psnr)
-                val_record = {"event": "val", "step": step, **scores, "best_psnr": best}
-                if log is not None:
-                    log.write(val_record)
-                emit(val_record)
-            if ddp.world > 1:
-                best = _broadcast(best)
-                dist.barrier()
-            tick = time.perf_counter()
-        out_of_time = _out_of_time(started, config.max_minutes, ddp)
+            # a validation expected to overrun the budget waits for the resumed run (the checkpoint says so)
+            val_pending = _out_of_time(started, config.max_minutes, ddp, ahead=val_seconds)
+            if not val_pending:
+                validate(step)
+        out_of_time = val_pending or _out_of_time(started, config.max_minutes, ddp)
         if step % config.checkpoint_every == 0 or step == total or out_of_time:
             rngs = _gather_rng(ddp)
             if ddp.main:
                 last_checkpoint = save(step)
                 emit({"event": "checkpoint", "step": step, "path": str(last_checkpoint)})
             tick = time.perf_counter()
-        if out_of_time and step < total:
+        if out_of_time and (step < total or val_pending):
             emit({"event": "time_limit", "step": step, "minutes": config.max_minutes})
             break
 
@@ -782,7 +811,7 @@ def _train(config: TrainConfig, model_config: MSDNConfig, checkpoint: dict[str, 
     if ddp.main:
         if not (run_dir / BEST).is_file():  # no validation ran: the last generator is the result
             _export(run_dir / BEST, shipped, model_config, step, None)
-        if config.export and step == total:  # a slice stopped by --max-minutes exports when the run ends
+        if config.export and step == total and not val_pending:  # a slice stopped by --max-minutes exports when the run ends
             exported = Path(config.export)
             exported.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_bytes(exported, (run_dir / BEST).read_bytes())
@@ -806,11 +835,12 @@ def _restore(checkpoint: Mapping[str, Any], source: Path | None, parts: Mapping[
         raise MsdnError(f"{source} is a damaged training checkpoint ({state_error(exc)})") from None
 
 
-def _out_of_time(started: float, max_minutes: float | None, ddp: _Dist) -> bool:
-    """Whether the wall-time budget is spent; rank 0's clock decides so every rank stops together."""
+def _out_of_time(started: float, max_minutes: float | None, ddp: _Dist, ahead: float = 0.0) -> bool:
+    """Whether the wall-time budget is spent (or would be by `ahead` more seconds of work); rank 0's
+    clock decides so every rank stops together."""
     if max_minutes is None:
         return False
-    over = float(time.perf_counter() - started >= 60 * max_minutes)
+    over = float(over_budget(started, max_minutes, ahead))
     return bool(_broadcast(over)) if ddp.world > 1 else bool(over)
 
 
