@@ -569,6 +569,7 @@ def eval_command(
     if baseline not in (None, ev.IDENTITY):
         raise fail(f"unknown baseline '{baseline}': the only baseline is '{ev.IDENTITY}'")
     amp_mode = parse_amp(amp)  # "none" as in msdn deblur
+    ev.check_options(protocol, crop_border, align)  # before the data and the models are read
     dataset = discover(root, layout, split=split, blur_folder=blur_folder)
     contenders = ev.load_contenders(model, weights, select_device(device), identity=baseline is not None,
                                     offline=offline)
