@@ -811,7 +811,7 @@ def _train(config: TrainConfig, model_config: MSDNConfig, checkpoint: dict[str, 
     if ddp.main:
         if not (run_dir / BEST).is_file():  # no validation ran: the last generator is the result
             _export(run_dir / BEST, shipped, model_config, step, None)
-        if config.export and step == total and not val_pending:  # a slice stopped by --max-minutes exports when the run ends
+        if config.export and step == total and not val_pending:  # a slice cut by --max-minutes exports at the end
             exported = Path(config.export)
             exported.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_bytes(exported, (run_dir / BEST).read_bytes())

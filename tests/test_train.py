@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -383,3 +384,35 @@ def test_best_so_far_is_kept_only_when_scored_by_the_same_metric() -> None:
     assert T._best_so_far({"best_val_psnr": 30.1}, pooled) is None
     assert T._best_so_far({"best_val_psnr": 30.1}, T.Validation.metric) == 30.1
     assert T._best_so_far({"best_val_psnr": 30.1, "best_metric": pooled}, T.Validation.metric) is None
+
+
+def test_resume_merge_rules(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from deblur_cli.resume import merge
+
+    monkeypatch.chdir(tmp_path)
+    stored = T.TrainConfig(data="photos", steps=100, val_every=50, export="/x/g.safetensors", max_minutes=5.0,
+                           threads=1, checkpoint_dir="/elsewhere/run")
+    kept = merge(stored, {}, step=40, run_dir=tmp_path / "run")
+    assert (kept.config.val_every, kept.config.export, kept.config.max_minutes, kept.config.threads) == \
+        (50, "/x/g.safetensors", None, None)  # kept; a time budget and threads are per invocation
+    assert kept.config.checkpoint_dir == str(tmp_path / "run") and kept.notices == ()  # where the run was found
+    same = merge(stored, {"data": str(tmp_path / "photos"), "val_every": 50, "lr": 5e-4}, step=40)
+    assert same.notices == ()  # a legacy relative path naming the same folder, equal values: nothing to say
+    longer = merge(stored, {"steps": 300, "checkpoint_every": 10}, step=40)
+    assert longer.notices == ("--steps 300 overrides the run's 100", "--checkpoint-every 10 overrides the run's 1000")
+    for given, message in [({"crop": 64}, "--crop 64 would change what the run computes (it was trained with 128)"),
+                           ({"blur_strength": (1.0, 4.0)}, "--blur-strength 1,4 would change what the run computes "
+                                                           "(it was trained with 2,60)"),
+                           ({"steps": 30}, "--steps 30 is shorter than the run, which is at step 40")]:
+        with pytest.raises(MsdnError, match=message.replace("(", r"\(").replace(")", r"\)")):
+            merge(stored, given, step=40)
+    with pytest.raises(MsdnError, match="--no-pyramid cannot change on --resume"):
+        merge(stored, {}, stored_model=TINY, given_model={"pyramid": False})
+
+
+def test_over_budget_counts_the_work_ahead() -> None:
+    from deblur_cli.budget import over_budget
+
+    now = time.perf_counter()
+    assert not over_budget(now, None, ahead=1e9) and not over_budget(now, 1.0)
+    assert over_budget(now, 1.0, ahead=61.0) and over_budget(now - 61.0, 1.0)
