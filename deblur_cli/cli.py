@@ -737,7 +737,8 @@ def train_command(
     batch_size: int = typer.Option(None, "--batch-size", help="Crops per step (per process) (default: 16)."),
     crop: int = typer.Option(None, "--crop", help="Training crop size; smaller photos are skipped (cpu: 128, "
                              "paper: 256)."),
-    content_loss: str = typer.Option(None, "--content-loss", help="perceptual (VGG-19 conv5_4), l1 or charbonnier."),
+    content_loss: str = typer.Option(None, "--content-loss", help="perceptual (VGG-19 conv5_4), l1, charbonnier "
+                                     "or psnr (per-image log MSE)."),
     content_weight: float = typer.Option(None, "--content-weight", help="Weight of the content loss."),
     fft_weight: float = typer.Option(None, "--fft-weight", help="Weight of a frequency-domain L1 term."),
     adv_weight: float = typer.Option(None, "--adv-weight", help="Weight of the WGAN loss; 0 disables the critic."),

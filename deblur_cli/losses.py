@@ -6,7 +6,8 @@
   samples independent, so the penalty stays valid.
 - WGAN-GP: critic loss D(fake) - D(real) + 10 * (||grad D(x_hat)|| - 1)^2, generator loss -D(G(x)).
 - Content: MSE between VGG-19 conv5_4 features (pre-activation, see vgg.py), weight 100 in train.py;
-  L1 or Charbonnier on pixels for PSNR-oriented training without VGG weights; an optional L1
+  L1, Charbonnier or PSNR (per-image log MSE) on pixels for PSNR-oriented training without VGG
+  weights; an optional L1
   on the 2-D spectrum, which punishes the missing high frequencies that pixel losses forgive.
 """
 
@@ -104,6 +105,16 @@ def l1_loss(pred: Tensor, target: Tensor) -> Tensor:
 def charbonnier_loss(pred: Tensor, target: Tensor, eps: float = 1e-3) -> Tensor:
     """A differentiable L1: sqrt(d^2 + eps^2), robust like L1 but smooth at zero."""
     return torch.sqrt((pred - target) ** 2 + eps * eps).mean()
+
+
+def psnr_loss(pred: Tensor, target: Tensor, eps: float = 1e-8) -> Tensor:
+    """Mean over images of 10 log10(MSE) (NAFNet's PSNR loss): every image counts in dB.
+
+    A pixel loss averaged over a batch is ruled by its worst-blurred images, where a small net
+    gains least; in dB a mild blur's 1 dB counts as much as an extreme blur's, as validation does.
+    """
+    mse = ((pred.float() - target.float()) ** 2).flatten(1).mean(dim=1)
+    return 10.0 * torch.log10(mse + eps).mean()
 
 
 def fft_l1_loss(pred: Tensor, target: Tensor) -> Tensor:

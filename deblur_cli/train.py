@@ -50,7 +50,7 @@ from deblur_cli.model import MSDN, MSDNConfig, count_parameters
 from deblur_cli.resume import merge, with_absolute_paths
 from deblur_cli.weightfile import save_weights
 
-CONTENT_LOSSES = ("perceptual", "l1", "charbonnier")
+CONTENT_LOSSES = ("perceptual", "l1", "charbonnier", "psnr")
 SCHEDULES = ("paper", "cosine")
 BEST = "best.safetensors"
 METRICS = "metrics.jsonl"
@@ -475,7 +475,7 @@ def _content_loss(config: TrainConfig, device: torch.device) -> Callable[[Tensor
         from deblur_cli.vgg import load_vgg19
 
         return L.PerceptualLoss(load_vgg19(Path(config.vgg_weights) if config.vgg_weights else None)).to(device)
-    return L.l1_loss if config.content_loss == "l1" else L.charbonnier_loss
+    return {"l1": L.l1_loss, "charbonnier": L.charbonnier_loss, "psnr": L.psnr_loss}[config.content_loss]
 
 
 class _MetricsLog:

