@@ -555,12 +555,15 @@ def train(config: TrainConfig | None, model_config: MSDNConfig | None = None, *,
     someone's training are not replaced silently.
     """
     notices: tuple[str, ...] = ()
+    own_export = None  # a resumed run's own export is its to replace
     checkpoint = load_training_checkpoint(resume) if resume is not None else None
     if checkpoint is not None:
         if config is not None:
             raise ValueError("a resumed run takes its settings from the checkpoint: pass overrides, not a config")
         assert resume is not None
-        resumed = merge(_stored_config(checkpoint, resume), overrides or {},
+        stored = _stored_config(checkpoint, resume)
+        own_export = stored.export
+        resumed = merge(stored, overrides or {},
                         stored_model=config_from(checkpoint["model_config"], f"{resume} model_config"),
                         given_model=model_overrides, recipe=recipe, step=int(checkpoint["step"]),
                         run_dir=resume if Path(resume).is_dir() else Path(resume).parent)
@@ -572,8 +575,7 @@ def train(config: TrainConfig | None, model_config: MSDNConfig | None = None, *,
         if not overwrite and (Path(config.checkpoint_dir) / CHECKPOINT).is_file():
             raise MsdnError(f"{config.checkpoint_dir} already holds a training run: continue it with --resume "
                             f"{config.checkpoint_dir}, choose another --checkpoint-dir, or pass --overwrite")
-    new_export = checkpoint is None or "export" in (overrides or {})  # a resumed run's own export is its to replace
-    if config.export and new_export and not overwrite:  # the export and the config written beside it
+    if config.export and config.export != own_export and not overwrite:  # the export and the config written beside it
         for target in (Path(config.export), side_files(Path(config.export))[0]):
             if target.exists():
                 raise MsdnError(f"{target} already exists (pass --overwrite to replace it)")
