@@ -404,11 +404,9 @@ def test_unknown_options_are_one_line_errors(tmp_path: Path) -> None:
 
 def test_bad_options_are_refused_before_any_data_or_model_is_read(tmp_path: Path) -> None:
     missing = ["--weights", tmp_path / "nope.safetensors"]  # loading it would fail: the option is checked first
-    for args, message in ((["--protocol", "foo"], "unknown protocol 'foo': choose one of full, center256"),
-                          (["--align", "-1"], "--align must be 0 or more, got -1"),
-                          (["--crop-border", "-2"], "--crop-border must be 0 or more, got -2")):
-        result = CliRunner().invoke(app, ["eval", str(tmp_path / "no-data"), *map(str, args), *map(str, missing)])
-        assert result.exit_code == 1 and result.stderr.strip() == f"Error: {message}", result.output
+    result = CliRunner().invoke(app, ["eval", str(tmp_path / "no-data"), "--protocol", "foo", *map(str, missing)])
+    assert result.exit_code == 1, result.output
+    assert result.stderr.strip() == "Error: unknown protocol 'foo': choose one of full, center256"
 
 
 def test_helpers() -> None:
