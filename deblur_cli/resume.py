@@ -118,6 +118,8 @@ def merge(stored: Any, given: Mapping[str, Any], *, stored_model: Any = None,
             raise MsdnError(f"{flag(name)} cannot change on --resume (the run's network has "
                             f"{name.replace('_', ' ')} {show(getattr(stored_model, name))})")
     config = replace(stored, **values)
+    if "epochs" in given and config.steps is not None and not _same("epochs", stored.epochs, given["epochs"]):
+        raise MsdnError(f"--epochs has no effect on a run of --steps {config.steps}: extend it with --steps")
     if config.steps is not None and config.steps < step:
         raise MsdnError(f"--steps {config.steps} is shorter than the run, which is at step {step}")
     return Resumed(config, stored_model, tuple(notices))

@@ -403,7 +403,8 @@ def test_resume_merge_rules(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     for given, message in [({"crop": 64}, "--crop 64 would change what the run computes (it was trained with 128)"),
                            ({"blur_strength": (1.0, 4.0)}, "--blur-strength 1,4 would change what the run computes "
                                                            "(it was trained with 2,60)"),
-                           ({"steps": 30}, "--steps 30 is shorter than the run, which is at step 40")]:
+                           ({"steps": 30}, "--steps 30 is shorter than the run, which is at step 40"),
+                           ({"epochs": 500}, "--epochs has no effect on a run of --steps 100: extend it with --steps")]:
         with pytest.raises(MsdnError, match=message.replace("(", r"\(").replace(")", r"\)")):
             merge(stored, given, step=40)
     with pytest.raises(MsdnError, match="--no-pyramid cannot change on --resume"):
