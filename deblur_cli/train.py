@@ -24,7 +24,7 @@ import math
 import os
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -39,13 +39,15 @@ from deblur_cli import data as D
 from deblur_cli import losses as L
 from deblur_cli import shake
 from deblur_cli import synthetic as S
-from deblur_cli.checkpoint import CHECKPOINT, load_training_checkpoint, save_checkpoint
-from deblur_cli.configfile import config_json
-from deblur_cli.errors import MsdnError
-from deblur_cli.files import atomic_write_bytes
+from deblur_cli.budget import StepStart, over_budget
+from deblur_cli.checkpoint import CHECKPOINT, load_training_checkpoint, save_checkpoint, state_error
+from deblur_cli.configfile import config_from, config_json, side_files
+from deblur_cli.errors import MsdnError, first_line
+from deblur_cli.files import atomic_write_bytes, remove_stale_temps
 from deblur_cli.inference import AMP_CHOICES, autocast, deblur, resolve_amp, select_device
 from deblur_cli.metrics import psnr, ssim
 from deblur_cli.model import MSDN, MSDNConfig, count_parameters
+from deblur_cli.resume import merge, with_absolute_paths
 from deblur_cli.weightfile import save_weights
 
 CONTENT_LOSSES = ("perceptual", "l1", "charbonnier", "psnr")
@@ -54,10 +56,6 @@ BEST = "best.safetensors"
 METRICS = "metrics.jsonl"
 VAL_CROP = 256  # side of the validation crops of synthetic-blur runs
 DIRECT_PIXELS = 1 << 21  # validate photos up to ~2 MP in one pass, tile larger ones
-# Options that change how a run executes but not what it computes: on --resume they come from the
-# caller, everything else from the checkpoint.
-RUNTIME_FIELDS = ("device", "workers", "compile", "checkpoint_dir", "checkpoint_every", "val_every", "export",
-                  "max_minutes", "threads")
 # The paper's recipe (DeblurGAN's training): `--recipe paper` sets these over the CPU defaults.
 PAPER_RECIPE: dict[str, Any] = {
     "content_loss": "perceptual", "content_weight": 100.0, "fft_weight": 0.0, "adv_weight": 1.0, "lr": 1e-4,
@@ -544,38 +542,65 @@ def _pairs(loader: DataLoader | None, sampler: D.EpochSampler, bank: S.PhotoBank
                sharp.to(device).contiguous(memory_format=memory_format))
 
 
-def train(config: TrainConfig, model_config: MSDNConfig | None = None, *, resume: Path | None = None,
-          callback: Callback | None = None, overwrite: bool = False) -> TrainResult:
+def train(config: TrainConfig | None, model_config: MSDNConfig | None = None, *, resume: Path | None = None,
+          overrides: Mapping[str, Any] | None = None, model_overrides: Mapping[str, Any] | None = None,
+          recipe: tuple[str, Mapping[str, Any]] | None = None, callback: Callback | None = None,
+          overwrite: bool = False) -> TrainResult:
     """Train (or resume training) a generator; `callback(event)` receives progress on rank 0.
 
-    Events are dicts with "event": "start" | "step" | "val" | "checkpoint" | "end". A fresh run
-    refuses a run folder that already holds a checkpoint, and an existing `export` file or the
-    config.json beside it, unless `overwrite`: hours of someone's training are not replaced silently.
+    Events are dicts with "event": "notice" | "start" | "step" | "val" | "checkpoint" | "time_limit" |
+    "end". A resumed run trains with its stored settings and `overrides`, the options given again
+    (resume.py; `config` must be None then). A fresh run refuses a run folder that already holds a
+    checkpoint, and an existing `export` file or its config beside it, unless `overwrite`: hours of
+    someone's training are not replaced silently.
     """
+    notices: tuple[str, ...] = ()
+    own_export = None  # a resumed run's own export is its to replace
     checkpoint = load_training_checkpoint(resume) if resume is not None else None
     if checkpoint is not None:
-        saved = TrainConfig.from_dict(checkpoint["train_config"])
-        config = replace(saved, **{name: getattr(config, name) for name in RUNTIME_FIELDS})
-        model_config = MSDNConfig.from_dict(checkpoint["model_config"])
-    elif not overwrite and (Path(config.checkpoint_dir) / CHECKPOINT).is_file():
-        raise MsdnError(f"{config.checkpoint_dir} already holds a training run: continue it with --resume "
-                        f"{config.checkpoint_dir}, choose another --checkpoint-dir, or pass --overwrite")
-    if config.export and not overwrite:  # the export and the config.json written beside it
-        for target in (Path(config.export), Path(config.export).with_name("config.json")):
+        if config is not None:
+            raise ValueError("a resumed run takes its settings from the checkpoint: pass overrides, not a config")
+        assert resume is not None
+        stored = _stored_config(checkpoint, resume)
+        own_export = stored.export
+        resumed = merge(stored, overrides or {},
+                        stored_model=config_from(checkpoint["model_config"], f"{resume} model_config"),
+                        given_model=model_overrides, recipe=recipe, step=int(checkpoint["step"]),
+                        run_dir=resume if Path(resume).is_dir() else Path(resume).parent)
+        config, model_config, notices = resumed.config, resumed.model_config, resumed.notices
+    elif config is None:
+        raise ValueError("a fresh run needs a TrainConfig")
+    else:
+        config = with_absolute_paths(config)
+        if not overwrite and (Path(config.checkpoint_dir) / CHECKPOINT).is_file():
+            raise MsdnError(f"{config.checkpoint_dir} already holds a training run: continue it with --resume "
+                            f"{config.checkpoint_dir}, choose another --checkpoint-dir, or pass --overwrite")
+    if config.export and config.export != own_export and not overwrite:  # the export and the config written beside it
+        for target in (Path(config.export), side_files(Path(config.export))[0]):
             if target.exists():
                 raise MsdnError(f"{target} already exists (pass --overwrite to replace it)")
     model_config = model_config or MSDNConfig()
     ddp = _init_distributed(config.device)
     try:
-        return _train(config, model_config, checkpoint, ddp, callback if ddp.main else None)
+        return _train(config, model_config, checkpoint, ddp, callback if ddp.main else None, notices, resume)
     finally:
         if ddp.world > 1 and dist.is_initialized():
             dist.destroy_process_group()
 
 
+def _stored_config(checkpoint: Mapping[str, Any], path: Path) -> TrainConfig:
+    """The TrainConfig a checkpoint stores; a damaged one is one line."""
+    try:
+        return TrainConfig.from_dict(dict(checkpoint["train_config"]))
+    except (TypeError, ValueError) as exc:
+        raise MsdnError(f"{path} holds an invalid train_config ({first_line(exc)})") from None
+
+
 def _train(config: TrainConfig, model_config: MSDNConfig, checkpoint: dict[str, Any] | None, ddp: _Dist,
-           callback: Callback | None) -> TrainResult:
+           callback: Callback | None, notices: tuple[str, ...] = (), source: Path | None = None) -> TrainResult:
     emit = callback or (lambda event: None)
+    for notice in notices:
+        emit({"event": "notice", "message": notice})
     device = _select_device(config.device, ddp.local_rank)
     amp_name = resolve_amp(config.amp, device)
     autocast(amp_name, device)  # refuse an impossible --amp before any data is read
@@ -611,17 +636,10 @@ def _train(config: TrainConfig, model_config: MSDNConfig, checkpoint: dict[str, 
 
     step, best = 0, None
     if checkpoint is not None:
-        generator.load_state_dict(checkpoint["generator"])
-        opt_g.load_state_dict(checkpoint["opt_g"])
-        sched_g.load_state_dict(checkpoint["sched_g"])
-        scaler_g.load_state_dict(checkpoint["scaler_g"])
-        if critic is not None:
-            critic.load_state_dict(checkpoint["critic"])
-            opt_d.load_state_dict(checkpoint["opt_d"])  # type: ignore[union-attr]
-            sched_d.load_state_dict(checkpoint["sched_d"])  # type: ignore[union-attr]
-            scaler_d.load_state_dict(checkpoint["scaler_d"])
+        critic_parts = {"critic": critic, "opt_d": opt_d, "sched_d": sched_d, "scaler_d": scaler_d} if critic else {}
+        _restore(checkpoint, source, {"generator": generator, "opt_g": opt_g, "sched_g": sched_g,
+                                      "scaler_g": scaler_g, **critic_parts}, ddp.rank)
         step, best = int(checkpoint["step"]), checkpoint["best_val_psnr"]
-        set_rng_state(checkpoint["rng"][ddp.rank] if isinstance(checkpoint["rng"], list) else checkpoint["rng"])
 
     g_train: nn.Module = generator
     d_train: nn.Module | None = critic
@@ -635,7 +653,7 @@ def _train(config: TrainConfig, model_config: MSDNConfig, checkpoint: dict[str, 
     ema = AveragedModel(generator, avg_fn=ema_update(config.ema_decay), use_buffers=True) \
         if config.ema_decay > 0 else None
     if ema is not None and checkpoint is not None and checkpoint.get("ema"):
-        ema.load_state_dict(checkpoint["ema"])
+        _restore(checkpoint, source, {"ema": ema}, None)
     shipped = ema.module if ema is not None else generator
     bank = S.PhotoBank(split.train) if config.synthetic_blur and not config.fixed_crops else None
     loader = None if bank is not None else DataLoader(
@@ -652,6 +670,8 @@ def _train(config: TrainConfig, model_config: MSDNConfig, checkpoint: dict[str, 
     log = None
     if ddp.main:
         run_dir.mkdir(parents=True, exist_ok=True)
+        for folder in {run_dir, *([Path(config.export).parent] if config.export else [])}:
+            remove_stale_temps(folder)  # left by a run killed mid-write (SIGKILL, power loss)
         log = _MetricsLog(run_dir, step if checkpoint is not None else None)
     emit({"event": "start", "step": step, "total_steps": total, "train_files": len(split.train),
           "val_files": len(validation), "skipped": split.skipped, "device": str(device),
@@ -667,7 +687,7 @@ def _train(config: TrainConfig, model_config: MSDNConfig, checkpoint: dict[str, 
             "opt_d": opt_d.state_dict() if opt_d else {}, "sched_d": sched_d.state_dict() if sched_d else {},
             "scaler_d": scaler_d.state_dict(),
             "rng": rngs, "step": step, "total_steps": total, "best_val_psnr": best,
-            "best_metric": validation.metric,
+            "best_metric": validation.metric, "val_pending": val_pending,
             "model_config": model_config.to_dict(), "train_config": config.to_dict(),
         }
         path = run_dir / CHECKPOINT
@@ -677,13 +697,46 @@ def _train(config: TrainConfig, model_config: MSDNConfig, checkpoint: dict[str, 
     last_checkpoint: Path | None = None
     samples = config.batch_size * ddp.world
     tick = started = time.perf_counter()
+    val_seconds, val_pending = 0.0, bool(checkpoint and checkpoint.get("val_pending"))
+
+    def validate(step: int) -> None:
+        nonlocal best, tick, val_seconds
+        if len(validation) and ddp.main:
+            val_start = time.perf_counter()
+            scores = validation.run(shipped, amp_name)
+            scores["seconds"] = val_seconds = time.perf_counter() - val_start
+            val_psnr = scores["psnr"]
+            if best is None or val_psnr > best:
+                best = val_psnr
+                _export(run_dir / BEST, shipped, model_config, step, val_psnr)
+            val_record = {"event": "val", "step": step, **scores, "best_psnr": best}
+            if log is not None:
+                log.write(val_record)
+            emit(val_record)
+        if ddp.world > 1:
+            best = _broadcast(best)
+            dist.barrier()
+        tick = time.perf_counter()
+
+    if val_pending:  # the validation a time limit postponed, then a checkpoint that no longer waits for it
+        validate(step)
+        val_pending, rngs = False, _gather_rng(ddp)
+        if ddp.main:
+            last_checkpoint = save(step)
+    timed_critic = config.max_minutes is not None and critic is not None
     for step, blurred, sharp in _pairs(loader, sampler, bank, config, device, step, total, ddp.rank, channels_last):
         record: dict[str, Any] = {"event": "step", "step": step + 1, "lr": opt_g.param_groups[0]["lr"]}
+        began = StepStart({"critic": critic, "opt_d": opt_d, "scaler_d": scaler_d}, rng_state) if timed_critic \
+            else None
         with autocast(amp_name, device):
             fake = g_forward(blurred)
 
         if d_train is not None and critic is not None and opt_d is not None:
+            abandoned = False
             for _ in range(config.critic_updates):
+                if began is not None and _out_of_time(started, config.max_minutes, ddp):
+                    abandoned = True
+                    break
                 opt_d.zero_grad(set_to_none=True)
                 alpha = torch.rand(sharp.shape[0], 1, 1, 1, device=device)
                 x_hat = L.interpolate(sharp, fake.float(), alpha)
@@ -696,6 +749,14 @@ def _train(config: TrainConfig, model_config: MSDNConfig, checkpoint: dict[str, 
                 scaler_d.scale(loss_d).backward()
                 scaler_d.step(opt_d)
                 scaler_d.update()
+            if abandoned and began is not None:  # out of time mid-step: back to the last finished step
+                began.restore(set_rng_state)
+                rngs = _gather_rng(ddp)
+                if ddp.main:
+                    last_checkpoint = save(step)
+                    emit({"event": "checkpoint", "step": step, "path": str(last_checkpoint)})
+                emit({"event": "time_limit", "step": step, "minutes": config.max_minutes})
+                break
             record.update(loss_d=loss_d.item(), gp=gp.item(), wasserstein=(real_s.mean() - fake_s.mean()).item())
 
         opt_g.zero_grad(set_to_none=True)
@@ -733,31 +794,18 @@ def _train(config: TrainConfig, model_config: MSDNConfig, checkpoint: dict[str, 
         emit(record)
 
         if step % val_every == 0 or step == total:
-            if len(validation) and ddp.main:
-                val_start = time.perf_counter()
-                scores = validation.run(shipped, amp_name)
-                scores["seconds"] = time.perf_counter() - val_start
-                val_psnr = scores["psnr"]
-                improved = best is None or val_psnr > best
-                if improved:
-                    best = val_psnr
-                    _export(run_dir / BEST, shipped, model_config, step, val_psnr)
-                val_record = {"event": "val", "step": step, **scores, "best_psnr": best}
-                if log is not None:
-                    log.write(val_record)
-                emit(val_record)
-            if ddp.world > 1:
-                best = _broadcast(best)
-                dist.barrier()
-            tick = time.perf_counter()
-        out_of_time = _out_of_time(started, config.max_minutes, ddp)
+            # a validation expected to overrun the budget waits for the resumed run (the checkpoint says so)
+            val_pending = _out_of_time(started, config.max_minutes, ddp, ahead=val_seconds)
+            if not val_pending:
+                validate(step)
+        out_of_time = val_pending or _out_of_time(started, config.max_minutes, ddp)
         if step % config.checkpoint_every == 0 or step == total or out_of_time:
             rngs = _gather_rng(ddp)
             if ddp.main:
                 last_checkpoint = save(step)
                 emit({"event": "checkpoint", "step": step, "path": str(last_checkpoint)})
             tick = time.perf_counter()
-        if out_of_time and step < total:
+        if out_of_time and (step < total or val_pending):
             emit({"event": "time_limit", "step": step, "minutes": config.max_minutes})
             break
 
@@ -765,11 +813,11 @@ def _train(config: TrainConfig, model_config: MSDNConfig, checkpoint: dict[str, 
     if ddp.main:
         if not (run_dir / BEST).is_file():  # no validation ran: the last generator is the result
             _export(run_dir / BEST, shipped, model_config, step, None)
-        if config.export and step == total:  # a slice stopped by --max-minutes exports when the run ends
+        if config.export and step == total and not val_pending:  # a slice cut by --max-minutes exports at the end
             exported = Path(config.export)
             exported.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_bytes(exported, (run_dir / BEST).read_bytes())
-            atomic_write_bytes(exported.with_name("config.json"), config_json(model_config))
+            atomic_write_bytes(side_files(exported)[0], config_json(model_config))
         if log is not None:
             log.close()
         emit({"event": "end", "step": step, "best_val_psnr": best, "exported": str(exported) if exported else None})
@@ -777,11 +825,24 @@ def _train(config: TrainConfig, model_config: MSDNConfig, checkpoint: dict[str, 
                        generator=generator)
 
 
-def _out_of_time(started: float, max_minutes: float | None, ddp: _Dist) -> bool:
-    """Whether the wall-time budget is spent; rank 0's clock decides so every rank stops together."""
+def _restore(checkpoint: Mapping[str, Any], source: Path | None, parts: Mapping[str, Any], rank: int | None) -> None:
+    """Load the saved states into `parts` (and the RNG streams of `rank`); a damaged checkpoint
+    (a state missing, a tensor of the wrong shape) is one line, not a traceback."""
+    try:
+        for key, part in parts.items():
+            part.load_state_dict(checkpoint[key])
+        if rank is not None:
+            set_rng_state(checkpoint["rng"][rank] if isinstance(checkpoint["rng"], list) else checkpoint["rng"])
+    except (KeyError, RuntimeError, ValueError, TypeError, IndexError, AttributeError) as exc:
+        raise MsdnError(f"{source} is a damaged training checkpoint ({state_error(exc)})") from None
+
+
+def _out_of_time(started: float, max_minutes: float | None, ddp: _Dist, ahead: float = 0.0) -> bool:
+    """Whether the wall-time budget is spent (or would be by `ahead` more seconds of work); rank 0's
+    clock decides so every rank stops together."""
     if max_minutes is None:
         return False
-    over = float(time.perf_counter() - started >= 60 * max_minutes)
+    over = float(over_budget(started, max_minutes, ahead))
     return bool(_broadcast(over)) if ddp.world > 1 else bool(over)
 
 

@@ -15,8 +15,8 @@ STEPS=${STEPS:-12000}  # the cosine schedule's length: about four 2-hour session
 [ -d data/photos/train ] || python scripts/get_photos.py
 export OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1
 common=(--threads 1 --max-minutes "$MINUTES" --checkpoint-every 100 --val-every 200)
+photos=(--data data/photos/train --val-data data/photos/val)  # given again on resume: this checkout's copy
 if [ -f "$RUN/last.pt" ]; then
-  exec python -m deblur_cli train --resume "$RUN" "${common[@]}"
+  exec python -m deblur_cli train --resume "$RUN" "${photos[@]}" "${common[@]}"
 fi
-exec python -m deblur_cli train --data data/photos/train --val-data data/photos/val --synthetic-blur \
-  --steps "$STEPS" --checkpoint-dir "$RUN" "${common[@]}"
+exec python -m deblur_cli train "${photos[@]}" --synthetic-blur --steps "$STEPS" --checkpoint-dir "$RUN" "${common[@]}"

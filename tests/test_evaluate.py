@@ -402,6 +402,13 @@ def test_unknown_options_are_one_line_errors(tmp_path: Path) -> None:
         assert result.exit_code == 1 and message in result.output and "Traceback" not in result.output
 
 
+def test_bad_options_are_refused_before_any_data_or_model_is_read(tmp_path: Path) -> None:
+    missing = ["--weights", tmp_path / "nope.safetensors"]  # loading it would fail: the option is checked first
+    result = CliRunner().invoke(app, ["eval", str(tmp_path / "no-data"), "--protocol", "foo", *map(str, missing)])
+    assert result.exit_code == 1, result.output
+    assert result.stderr.strip() == "Error: unknown protocol 'foo': choose one of full, center256"
+
+
 def test_helpers() -> None:
     assert unique_labels(["a", "b", "a", "a"]) == ["a", "b", "a-2", "a-3"]
     x = torch.zeros(1, 3, 2, 3)

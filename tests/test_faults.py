@@ -425,6 +425,9 @@ def test_messages_keep_brackets_and_help_has_no_bool_metavar(monkeypatch: pytest
     for command in (["deblur", "--help"], ["deblur-dir", "--help"], ["train", "--help"], ["--help"]):
         text = run(*command).out
         assert "<bool>" not in text and "--help" in text, command
+    text = " ".join(run("train", "--help").out.replace("│", " ").split())  # help text is not eaten as markup
+    assert "NHWC memory layout (oneDNN and cuDNN run it faster) (default: on)." in text
+    assert "Generator growth rate (default: 16)." in text
 
 
 # --- corrupt and hostile files, for every file msdn reads ---------------------------------------------
@@ -489,3 +492,71 @@ def test_checkpoint_with_wrong_shapes_is_one_line(tmp_path: Path, weights: Path)
     result = run("weights", "export", ckpt, "-o", tmp_path / "m.safetensors")
     assert result.code == 1 and "'stem.weight' has shape (1, 2, 3)" in result.error_line
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.pt"]
+
+
+# --- 10. damaged training checkpoints given to `msdn train --resume` -------------------------------------
+
+MICRO_RUN = ROOT / "tests" / "fixtures" / "micro-step2.pt"  # a checkpoint written by `msdn train` (test_compat)
+
+
+def _damaged(tmp_path: Path, change) -> Path:  # noqa: ANN001
+    checkpoint = torch.load(MICRO_RUN, weights_only=True)
+    change(checkpoint)
+    path = tmp_path / "run" / "last.pt"
+    path.parent.mkdir(exist_ok=True)
+    torch.save(checkpoint, path)
+    return path
+
+
+@pytest.mark.parametrize("case, change, message", [
+    ("no optimizer state", lambda c: c.pop("opt_g"),
+     "is a damaged training checkpoint (no 'opt_g'); resume from another checkpoint or start a new run"),
+    ("negative step", lambda c: c.update(step=-3), "records an impossible training step -3"),
+    ("absurd step", lambda c: c.update(step=10**15), "records an impossible training step 1000000000000000"),
+    ("no step", lambda c: c.update(step="two"), "records no training step (a whole number)"),
+    ("wrong shape", lambda c: c["generator"].update({"stem.weight": torch.zeros(1, 2, 3)}),
+     "is a damaged training checkpoint (size mismatch for stem.weight: copying a param with shape "
+     "torch.Size([1, 2, 3]) from checkpoint"),
+])
+def test_damaged_checkpoints_are_one_line_on_resume(tmp_path: Path, case: str, change, message: str) -> None:  # noqa: ANN001
+    photos = tmp_path / "photos"
+    for i in range(4):
+        photo(photos / f"p{i}.png", 48, 48)
+    path = _damaged(tmp_path, change)
+    result = run("train", "--resume", path, "--data", photos)
+    assert result.code == 1
+    assert result.err.strip().splitlines()[-1].startswith(f"Error: {path} {message}"), result.err
+
+
+def test_a_text_file_is_not_a_checkpoint(tmp_path: Path) -> None:
+    text = tmp_path / "notes.pt"
+    text.write_text("hello, I am a README\n" * 10)
+    result = run("train", "--resume", text)
+    assert result.code == 1 and result.error_line == \
+        f"Error: {text} is not a training checkpoint: it is not a PyTorch file at all"
+
+
+def test_sigterm_stops_training_cleanly(tmp_path: Path) -> None:
+    """SIGTERM is Ctrl-C for `msdn train` too: one line, exit 143, the last checkpoint intact."""
+    photos = tmp_path / "photos"
+    for i in range(4):
+        photo(photos / f"p{i}.png", 48, 48)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "last.pt").write_bytes(MICRO_RUN.read_bytes())
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "deblur_cli", "train", "--resume", str(run_dir), "--data",
+                             str(photos), "--steps", "100000", "--val-every", "100000", "--checkpoint-every",
+                             "100000"], stderr=subprocess.PIPE, text=True, env=env)
+    assert proc.stderr is not None
+    lines = []
+    for line in proc.stderr:  # the first plain progress line: training is under way
+        lines.append(line)
+        if line.startswith("step 3/"):
+            break
+    time.sleep(1)  # training, not printing
+    proc.send_signal(signal.SIGTERM)
+    rest = proc.stderr.read()
+    proc.wait(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM and rest.strip() == "Error: terminated", "".join(lines) + rest
+    assert ck.load_training_checkpoint(run_dir)["step"] == 2 and temporaries(run_dir) == []

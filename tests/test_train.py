@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -104,7 +105,7 @@ def test_tiny_run_end_to_end(photos: Path, tmp_path: Path) -> None:
     assert T.TrainConfig.from_dict(ckpt["train_config"]).steps == 4
 
     config, state = load_weights_file(tmp_path / "out" / "g.safetensors")
-    assert config == TINY and (tmp_path / "out" / "config.json").is_file()
+    assert config == TINY and (tmp_path / "out" / "g.config.json").is_file()
     build_generator(config, state)
     lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [x["step"] for x in lines if x["event"] == "step"] == [1, 2, 3, 4]
@@ -119,7 +120,7 @@ def test_resume_continues_exactly(photos: Path, tmp_path: Path) -> None:
     with pytest.raises(KeyboardInterrupt):
         T.train(tiny_config(photos, tmp_path / "part"), TINY, callback=killed)
     resumed = Recorder()
-    T.train(tiny_config(photos, tmp_path / "part"), None, resume=tmp_path / "part", callback=resumed)
+    T.train(None, resume=tmp_path / "part", callback=resumed)
 
     assert resumed.events[0]["step"] == 2
     a, b = full.steps(), resumed.steps()
@@ -187,9 +188,10 @@ def test_cli_train_and_errors(photos: Path, tmp_path: Path) -> None:
     again = runner.invoke(app, args)  # a second fresh run must not clobber the first
     assert again.exit_code == 1 and "already holds a training run" in again.output
     assert runner.invoke(app, [*args, "--overwrite"]).exit_code == 0
-    other = [a.replace("g.safetensors", "h.safetensors").replace(str(run), str(tmp_path / "run2")) for a in args]
-    clash = runner.invoke(app, other)  # a second model in the same folder would replace g's config.json
-    assert clash.exit_code == 1 and "config.json already exists" in clash.output, clash.output
+    other = [a.replace(str(run), str(tmp_path / "run2")) for a in args]
+    clash = runner.invoke(app, other)  # a second run must not replace the first one's export
+    assert clash.exit_code == 1 and "g.safetensors already exists" in clash.output, clash.output
+    assert (tmp_path / "g.config.json").is_file() and not (tmp_path / "config.json").exists()
     assert not (tmp_path / "run2").exists()
     resumed = runner.invoke(app, ["train", "--resume", str(run), "--workers", "0", "--device", "cpu"])
     assert resumed.exit_code == 0 and "done at step 2" in resumed.output  # already finished: nothing to do
@@ -247,18 +249,87 @@ def test_ddp_two_processes_gloo(photos: Path, tmp_path: Path) -> None:
 
 
 def test_time_limit_stops_with_a_checkpoint_that_resumes(photos: Path, tmp_path: Path) -> None:
-    run = tmp_path / "run"
-    events = Recorder()
-    # A budget of ~0 minutes: the first step spends it, so the run checkpoints and stops at step 1.
+    """A budget spent before the first critic update ends: the half-done step is rolled back, the
+    checkpoint is that of step 0, and the resumed run is the uninterrupted one, bit for bit."""
+    full = Recorder()
+    straight = T.train(tiny_config(photos, tmp_path / "full", steps=2, checkpoint_every=100), TINY, callback=full)
+    run, events = tmp_path / "run", Recorder()
     export = tmp_path / "out" / "g.safetensors"
-    result = T.train(tiny_config(photos, run, steps=6, checkpoint_every=100, max_minutes=1e-9, export=str(export)),
+    result = T.train(tiny_config(photos, run, steps=2, checkpoint_every=100, max_minutes=1e-9, export=str(export)),
                      TINY, callback=events)
-    assert result.step == 1 and result.exported is None and not export.exists()  # unfinished: nothing exported
-    assert [e["step"] for e in events.events if e["event"] == "time_limit"] == [1]
-    assert load_training_checkpoint(run / T.CHECKPOINT)["step"] == 1
-    resumed = T.train(tiny_config(photos, run, steps=6, checkpoint_every=100, export=str(export)), TINY,
-                      resume=run / T.CHECKPOINT)
-    assert resumed.step == 6 and resumed.exported == export and export.is_file()
+    assert result.step == 0 and result.exported is None and not export.exists()  # unfinished: nothing exported
+    assert [e["step"] for e in events.events if e["event"] == "time_limit"] == [0]
+    assert load_training_checkpoint(run / T.CHECKPOINT)["step"] == 0
+    resumed_events = Recorder()
+    resumed = T.train(None, resume=run / T.CHECKPOINT, callback=resumed_events)  # export, cadence: the run's
+    assert resumed.step == 2 and resumed.exported == export and export.is_file()
+    assert load_training_checkpoint(run / T.CHECKPOINT)["train_config"]["checkpoint_every"] == 100
+    assert [full.steps()[k]["loss_d"] for k in (1, 2)] == [resumed_events.steps()[k]["loss_d"] for k in (1, 2)]
+    mine = resumed.generator.state_dict()
+    assert all(torch.equal(v, mine[k]) for k, v in straight.generator.state_dict().items())
+
+
+def test_a_validation_that_would_overrun_the_budget_waits_for_the_resumed_run(
+        photos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    run, events = tmp_path / "run", Recorder()
+    monkeypatch.setattr(T, "over_budget", lambda started, minutes, ahead=0.0: ahead > 0)  # after one validation
+    cfg = tiny_config(photos, run, adv_weight=0.0, steps=3, val_every=1, checkpoint_every=100, max_minutes=60.0)
+    assert T.train(cfg, TINY, callback=events).step == 2
+    assert [e["step"] for e in events.events if e["event"] in ("val", "time_limit")] == [1, 2]  # val 1, stop at 2
+    assert load_training_checkpoint(run / T.CHECKPOINT)["val_pending"] is True
+    monkeypatch.undo()
+    resumed = Recorder()
+    T.train(None, resume=run, callback=resumed)
+    assert [e["step"] for e in resumed.events if e["event"] == "val"] == [2, 3]  # the postponed one first
+    assert load_training_checkpoint(run / T.CHECKPOINT)["val_pending"] is False
+
+
+def _cli(*args: Any) -> Any:
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    assert "Traceback" not in result.output and (result.exception is None or isinstance(result.exception, SystemExit))
+    return result
+
+
+def test_cli_resume_keeps_the_runs_settings_and_says_what_a_flag_changes(
+        photos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    run, export = tmp_path / "run", tmp_path / "g.safetensors"
+    monkeypatch.chdir(photos.parent)  # a relative --data, stored resolved
+    first = _cli("train", "--data", photos.name, "--synthetic-blur", "--steps", "3", "--crop", "32", "--batch-size",
+                 "2", "--growth-rate", "4", "--stem-channels", "8", "--workers", "0", "--device", "cpu",
+                 "--blur-strength", "1,4", "--val-fraction", "0.25", "--checkpoint-dir", run, "--export", export,
+                 "--checkpoint-every", "1", "--val-every", "2", "--max-minutes", "1e-9")
+    assert first.exit_code == 0, first.output
+    assert "step 1/3" in first.stderr and "\x1b" not in first.stderr  # plain log lines without a terminal
+    stored = load_training_checkpoint(run)["train_config"]
+    assert stored["data"] == str(photos.resolve()) and stored["export"] == str(export)
+    stale = run / ".last.tmp-4194303-abcdefgh.pt"  # a checkpoint write killed by SIGKILL
+    stale.write_bytes(b"half a checkpoint")
+
+    monkeypatch.chdir(tmp_path)  # elsewhere: the stored absolute paths still hold
+    for flags, message in [
+        (["--lr", "0.1"], "--lr 0.1 would change what the run computes (it was trained with 0.0005); start a new "
+                          "run with --checkpoint-dir instead of --resume"),
+        (["--growth-rate", "8"], "--growth-rate cannot change on --resume (the run's network has growth rate 4)"),
+        (["--recipe", "paper"], "--recipe paper would change what the run computes (--content-loss perceptual, the "
+                                "run's charbonnier); start a new run with --checkpoint-dir instead of --resume"),
+        (["--steps", "0"], "steps must be at least 1"),
+    ]:
+        refused = _cli("train", "--resume", run, *flags)
+        assert refused.exit_code == 1 and refused.stderr.strip() == f"Error: {message}", refused.stderr
+    moved = tmp_path / "moved"  # the same photos in another checkout
+    moved.mkdir()
+    for f in photos.iterdir():
+        (moved / f.name).write_bytes(f.read_bytes())
+    resumed = _cli("train", "--resume", run, "--data", moved, "--val-every", "3", "--steps", "3")
+    assert resumed.exit_code == 0, resumed.output
+    lines = resumed.stderr.splitlines()
+    assert lines[:2] == [f"--data {moved} overrides the run's {photos.resolve()}", "--val-every 3 overrides the run's 2"]
+    assert not stale.exists() and export.is_file() and (tmp_path / "g.config.json").is_file()
+    stored = load_training_checkpoint(run)["train_config"]
+    assert (stored["data"], stored["val_every"], stored["checkpoint_every"], stored["max_minutes"]) == \
+        (str(moved), 3, 1, None)  # kept, overridden, kept, per invocation
+    assert _cli("train", "--resume", run, "--steps", "2").stderr.strip() == \
+        "Error: --steps 2 is shorter than the run, which is at step 3"
 
 
 def test_ema_is_what_validation_scores_and_export_ships(photos: Path, tmp_path: Path) -> None:
@@ -313,3 +384,36 @@ def test_best_so_far_is_kept_only_when_scored_by_the_same_metric() -> None:
     assert T._best_so_far({"best_val_psnr": 30.1}, pooled) is None
     assert T._best_so_far({"best_val_psnr": 30.1}, T.Validation.metric) == 30.1
     assert T._best_so_far({"best_val_psnr": 30.1, "best_metric": pooled}, T.Validation.metric) is None
+
+
+def test_resume_merge_rules(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from deblur_cli.resume import merge
+
+    monkeypatch.chdir(tmp_path)
+    stored = T.TrainConfig(data="photos", steps=100, val_every=50, export="/x/g.safetensors", max_minutes=5.0,
+                           threads=1, checkpoint_dir="/elsewhere/run")
+    kept = merge(stored, {}, step=40, run_dir=tmp_path / "run")
+    assert (kept.config.val_every, kept.config.export, kept.config.max_minutes, kept.config.threads) == \
+        (50, "/x/g.safetensors", None, None)  # kept; a time budget and threads are per invocation
+    assert kept.config.checkpoint_dir == str(tmp_path / "run") and kept.notices == ()  # where the run was found
+    same = merge(stored, {"data": str(tmp_path / "photos"), "val_every": 50, "lr": 5e-4}, step=40)
+    assert same.notices == ()  # a legacy relative path naming the same folder, equal values: nothing to say
+    longer = merge(stored, {"steps": 300, "checkpoint_every": 10}, step=40)
+    assert longer.notices == ("--steps 300 overrides the run's 100", "--checkpoint-every 10 overrides the run's 1000")
+    for given, message in [({"crop": 64}, "--crop 64 would change what the run computes (it was trained with 128)"),
+                           ({"blur_strength": (1.0, 4.0)}, "--blur-strength 1,4 would change what the run computes "
+                                                           "(it was trained with 2,60)"),
+                           ({"steps": 30}, "--steps 30 is shorter than the run, which is at step 40"),
+                           ({"epochs": 500}, "--epochs has no effect on a run of --steps 100: extend it with --steps")]:
+        with pytest.raises(MsdnError, match=message.replace("(", r"\(").replace(")", r"\)")):
+            merge(stored, given, step=40)
+    with pytest.raises(MsdnError, match="--no-pyramid cannot change on --resume"):
+        merge(stored, {}, stored_model=TINY, given_model={"pyramid": False})
+
+
+def test_over_budget_counts_the_work_ahead() -> None:
+    from deblur_cli.budget import over_budget
+
+    now = time.perf_counter()
+    assert not over_budget(now, None, ahead=1e9) and not over_budget(now, 1.0)
+    assert over_budget(now, 1.0, ahead=61.0) and over_budget(now - 61.0, 1.0)
