@@ -15,6 +15,7 @@ from deblur_cli import synthetic as S
 from deblur_cli.inference import autocast, deblur
 from deblur_cli.metrics import psnr, ssim
 from deblur_cli.model import MSDN
+from deblur_cli.tiling import DEFAULT_OVERLAP, DEFAULT_TILE
 from deblur_cli.trainconfig import TrainConfig
 from deblur_cli.trainingdata import DataSplit, make_pair
 
@@ -57,7 +58,8 @@ class Validation:
         """Mean PSNR and SSIM of the generator (eval mode) over the pairs.
 
         Photos up to `DIRECT_PIXELS` go through the network whole, as it sees training crops;
-        larger ones are tiled like `msdn deblur` so validation never runs out of memory.
+        larger ones are tiled with the tool's default tiling (tiling.py), as `msdn deblur --weights`
+        tiles them, so validation never runs out of memory and scores what users get.
         """
         if self.pairs is None:
             self.pairs = self._build()
@@ -71,7 +73,7 @@ class Validation:
                     with torch.no_grad(), autocast(amp, self.device):
                         out = generator(image.to(self.device)).float().cpu()
                 else:
-                    out = deblur(generator, image, tile=512, overlap=64, amp=amp)
+                    out = deblur(generator, image, tile=DEFAULT_TILE, overlap=DEFAULT_OVERLAP, amp=amp)
                 target = sharp.float() / 255.0
                 scores_p.append(float(psnr(out, target)[0]))
                 scores_s.append(float(ssim(out, target)[0]))
