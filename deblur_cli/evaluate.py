@@ -69,6 +69,10 @@ class Summary:
     ssim_aligned: float | None = None
 
 
+# A table line: its label, the image count (None on per-image lines), and each model's scores.
+Line = tuple[str, int | None, dict[str, Row | Summary]]
+
+
 @dataclass
 class Report:
     root: Path
@@ -97,6 +101,24 @@ class Report:
 
     def summary(self, model: str, group: str | None = None) -> Summary:
         return next(s for s in self.summaries() if s.model == model and s.group == group)
+
+    def image_lines(self, group: str) -> list[Line]:
+        """A group's table: one line per image, each model's row side by side, then the group's mean."""
+        summaries = {(s.model, s.group): s for s in self.summaries()}
+        by_name: dict[str, dict[str, Row | Summary]] = {}
+        for r in self.rows:
+            if r.group == group:
+                by_name.setdefault(r.name, {})[r.model] = r
+        lines: list[Line] = [(name, None, scores) for name, scores in by_name.items()]
+        lines.append(("mean", len(by_name), {m: summaries[(m, group)] for m in self.models}))
+        return lines
+
+    def group_lines(self) -> list[Line]:
+        """The summary table: one line per group with its image count, then the overall means."""
+        summaries = {(s.model, s.group): s for s in self.summaries()}
+        groups: list[str | None] = [*self.groups, None]
+        return [(("overall" if g is None else g or "all"), summaries[(self.models[0], g)].count,
+                 {m: summaries[(m, g)] for m in self.models}) for g in groups]
 
 
 def _summarise(model: str, group: str | None, rows: Sequence[Row]) -> Summary:

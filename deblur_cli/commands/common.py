@@ -1,0 +1,116 @@
+"""What every command shares: the stderr console, one-line errors, and options declared once as data."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import signal
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import typer
+import typer.core
+from rich.console import Console
+from rich.markup import escape
+
+from deblur_cli.errors import MsdnError
+
+console = Console(stderr=True)  # progress, warnings and errors; results go to stdout
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _flag_metavar(self: typer.core.TyperOption, ctx: Any) -> str | None:
+    """No `<bool>` type column for flags (`--overwrite`, `--help`): they take no value."""
+    return None if self.is_flag else _option_metavar(self, ctx)
+
+
+_option_metavar = typer.core.TyperOption.display_type_rich
+typer.core.TyperOption.display_type_rich = _flag_metavar  # type: ignore[method-assign]
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    """Print a one-line error and return the Exit to raise (the message is plain text, never markup)."""
+    console.print(f"[bold red]Error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    return typer.Exit(code)
+
+
+def warn(message: str) -> None:
+    console.print(f"[yellow]Warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
+
+
+def say(message: str) -> None:
+    """A line of rich markup on stderr, never wrapped (paths stay whole)."""
+    console.print(message, highlight=False, soft_wrap=True)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C: temporary files are removed and the exit is clean."""
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
+def friendly_errors(func: F) -> F:
+    """Turn the errors a user can cause into one line and a non-zero exit, never a traceback."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        previous = signal.signal(signal.SIGTERM, _terminate)
+        try:
+            return func(*args, **kwargs)
+        except MsdnError as exc:
+            raise fail(str(exc)) from None
+        except Terminated:
+            raise fail("terminated", code=128 + signal.SIGTERM) from None
+        except KeyboardInterrupt:
+            raise fail("interrupted", code=130) from None
+        except MemoryError:
+            raise fail("out of memory; use a smaller --tile or --batch-size, or a lower --max-pixels") from None
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def progress(*columns: Any, **options: Any) -> Any:
+    """A rich Progress on stderr, drawn only on a terminal (in a pipe or log it would leave blank lines)."""
+    from rich.progress import Progress
+
+    return Progress(*columns, console=console, disable=not console.is_terminal, **options)
+
+
+def option(name: str, annotation: Any, default: Any) -> inspect.Parameter:
+    """One command-line parameter declared as data, so a set of options is written once and shared."""
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
+
+
+def gathered(extra: Sequence[inspect.Parameter], into: str) -> Callable[[F], F]:
+    """Give a command the parameters `extra` in place of its parameter `into`, which receives them as
+    one dict: Typer sees every option, the command body sees a single value."""
+
+    def decorate(func: F) -> F:
+        own = list(inspect.signature(func).parameters.values())
+        at = [p.name for p in own].index(into)
+        params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own[:at] + list(extra) + own[at + 1:]]
+        names = {p.name for p in extra}
+
+        @functools.wraps(func)
+        def wrapper(**kwargs: Any) -> Any:
+            packed = {k: kwargs.pop(k) for k in list(kwargs) if k in names}
+            return func(**kwargs, **{into: packed})
+
+        hints = typing_hints(func)
+        wrapper.__signature__ = inspect.Signature([p.replace(annotation=hints.get(p.name, p.annotation))
+                                                   for p in params])  # type: ignore[attr-defined]
+        wrapper.__annotations__ = {p.name: hints.get(p.name, p.annotation) for p in params}
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
+
+
+def typing_hints(func: Callable[..., Any]) -> dict[str, Any]:
+    """The function's annotations as types (they are strings under `from __future__ import annotations`)."""
+    from typing import get_type_hints
+
+    return get_type_hints(func)
