@@ -46,21 +46,19 @@ class Nets:
         """What validation scores and export ships: the EMA (steadier than the last step), else the weights."""
         return self.ema.module if self.ema is not None else self.generator
 
+    def parts(self) -> dict[str, Any]:
+        """Every part a checkpoint stores a state for, by checkpoint key (None: the run has no such part)."""
+        return {"generator": self.generator, "opt_g": self.opt_g, "sched_g": self.sched_g, "ema": self.ema,
+                "scaler_g": self.scaler_g, "critic": self.critic, "opt_d": self.opt_d, "sched_d": self.sched_d,
+                "scaler_d": self.scaler_d}
+
     def restorable(self) -> dict[str, Any]:
-        """The parts a checkpoint holds a state for, by checkpoint key."""
-        critic = {"critic": self.critic, "opt_d": self.opt_d, "sched_d": self.sched_d, "scaler_d": self.scaler_d} \
-            if self.critic is not None else {}
-        return {"generator": self.generator, "opt_g": self.opt_g, "sched_g": self.sched_g,
-                "scaler_g": self.scaler_g, **critic}
+        """The parts a resume loads; the EMA is restored apart (older checkpoints have none)."""
+        return {key: part for key, part in self.parts().items() if part is not None and key != "ema"}
 
     def states(self) -> dict[str, Any]:
         """Every state a checkpoint stores ({} for a part the run does not have)."""
-        def state(part: Any) -> dict[str, Any]:
-            return part.state_dict() if part is not None else {}
-
-        return {"generator": state(self.generator), "opt_g": state(self.opt_g), "sched_g": state(self.sched_g),
-                "ema": state(self.ema), "scaler_g": state(self.scaler_g), "critic": state(self.critic),
-                "opt_d": state(self.opt_d), "sched_d": state(self.sched_d), "scaler_d": state(self.scaler_d)}
+        return {key: part.state_dict() if part is not None else {} for key, part in self.parts().items()}
 
 
 def build_nets(config: TrainConfig, model_config: MSDNConfig, device: torch.device, amp: str | None,
