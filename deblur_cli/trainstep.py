@@ -61,6 +61,14 @@ class Nets:
         return {key: part.state_dict() if part is not None else {} for key, part in self.parts().items()}
 
 
+def lr_schedule(config: TrainConfig, total: int) -> Callable[[int], float]:
+    """The multiplier of `config.lr` at each step of a `total`-step run (`LambdaLR`'s lambda)."""
+    final = config.lr_final / config.lr
+    if config.schedule == "paper":
+        return lambda step: lr_factor(step, total, config.constant_fraction, final)
+    return lambda step: cosine_factor(step, total, config.warmup_steps, final)
+
+
 def build_nets(config: TrainConfig, model_config: MSDNConfig, device: torch.device, amp: str | None,
                 channels_last: bool, total: int) -> Nets:
     """The generator (and critic), their optimizers, schedules and AMP scalers, freshly initialised."""
@@ -69,9 +77,7 @@ def build_nets(config: TrainConfig, model_config: MSDNConfig, device: torch.devi
     if channels_last:
         generator = generator.to(memory_format=torch.channels_last)
         critic = critic.to(memory_format=torch.channels_last) if critic is not None else None
-    final = config.lr_final / config.lr
-    factor = ((lambda step: lr_factor(step, total, config.constant_fraction, final)) if config.schedule == "paper"
-              else (lambda step: cosine_factor(step, total, config.warmup_steps, final)))
+    factor = lr_schedule(config, total)
     opt_g = torch.optim.Adam(generator.parameters(), lr=config.lr, betas=config.betas)
     opt_d = torch.optim.Adam(critic.parameters(), lr=config.lr, betas=config.betas) if critic else None
     return Nets(generator, critic, opt_g, torch.optim.lr_scheduler.LambdaLR(opt_g, factor), opt_d,

@@ -18,6 +18,7 @@ sys.path.insert(0, str(SCRIPTS))
 get_photos = importlib.import_module("get_photos")
 make_eval_set = importlib.import_module("make_eval_set")
 manifest_entry = importlib.import_module("manifest_entry")
+fork_run = importlib.import_module("fork_run")
 
 
 def _jpeg(w: int, h: int, seed: int = 0, exif_thumb: bytes | None = None, comment: bytes | None = None) -> bytes:
@@ -241,3 +242,46 @@ def test_manifest_apply_needs_the_held_out_gain(tmp_path: Path) -> None:
     odd = {**good, "licence_note": "x"}  # a field the manifest schema does not know is refused, not written
     assert "unknown field 'licence_note'" in manifest_entry.apply(odd, weights, manifest, 1.0)
     assert json.loads(manifest.read_text()) == data
+
+
+def test_fork_changes_the_recipe_and_rescales_the_schedule(tmp_path: Path) -> None:
+    """A fork resumes where `--resume` would refuse; with lr x2 it continues the cosine a run started at 2 lr has."""
+    from skimage import data as skdata
+
+    from deblur_cli import train as T
+    from deblur_cli.checkpoint import load_training_checkpoint
+    from deblur_cli.model import MSDNConfig
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("astronaut", "coffee", "chelsea"):
+        Image.fromarray(getattr(skdata, name)()[:64, :80]).save(photos / f"{name}.png")
+    tiny = MSDNConfig(stem_channels=8, growth_rate=4, encoder_layers=(1, 1), bottleneck_layers=1,
+                      decoder_layers=(1, 1), pyramid_pools=(2, 4))
+    config = T.TrainConfig(data=str(photos), synthetic_blur=True, crop=32, batch_size=2, steps=6, warmup_steps=0,
+                           blur_strength=(1.0, 6.0), workers=0, checkpoint_dir=str(tmp_path / "base"),
+                           checkpoint_every=2, val_fraction=0.34, device="cpu", max_minutes=None)
+
+    def stop_at_step_3(event: dict) -> None:
+        if event["event"] == "step" and event["step"] == 3:
+            raise KeyboardInterrupt  # killed after the checkpoint of step 2: both forks continue from it
+
+    with pytest.raises(KeyboardInterrupt):
+        T.train(config, tiny, callback=stop_at_step_3)
+    base = load_training_checkpoint(tmp_path / "base")
+    lrs = {}
+    for name, changes in (("same", {}), ("double", {"lr": 2 * config.lr, "crop": 48})):
+        run = tmp_path / name
+        run.mkdir()
+        forked = fork_run.fork(base, {**changes, "checkpoint_dir": str(run)})
+        torch.save(forked, run / "last.pt")
+        events: list[dict] = []
+        T.train(None, resume=run, callback=events.append)
+        lrs[name] = [e["lr"] for e in events if e["event"] == "step"]
+    assert load_training_checkpoint(tmp_path / "double")["train_config"]["crop"] == 48
+    low, high = config.lr_final, config.lr  # the cosine runs from lr to lr_final: the fork's from 2 lr
+    expected = [low + (2 * high - low) * (lr - low) / (high - low) for lr in lrs["same"]]
+    assert len(lrs["same"]) == 4 and lrs["double"] == pytest.approx(expected, rel=1e-9)
+    assert fork_run.fork(base, {"reset_optimizer": 1})["opt_g"]["state"] == {}
+    with pytest.raises(SystemExit, match="'cropp' is neither"):
+        fork_run.fork(base, {"cropp": 64})

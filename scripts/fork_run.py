@@ -1,0 +1,67 @@
+"""Fork a training run with a changed recipe, for comparisons from one checkpoint (docs/TRAINING.md).
+
+    python scripts/fork_run.py campaign runs/crop256 crop=256 batch_size=4
+    python -m deblur_cli train --resume runs/crop256 --threads 1 --max-minutes 60 --val-every 200
+
+`--resume` refuses a flag that would change what a run computes, so that a resumed run repeats
+nothing; a deliberate fork changes the stored settings instead. Values are JSON (`lr=2e-3`,
+`blur_families=["poly","walk"]`); with a changed `lr` the run continues the schedule a run started
+at that lr has. `reset_optimizer=1` drops Adam's moments (measured in
+session 4: changing the loss but keeping them lost 0.2 dB).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from deblur_cli.checkpoint import CHECKPOINT, load_training_checkpoint, save_checkpoint
+from deblur_cli.trainconfig import TrainConfig
+from deblur_cli.trainstep import lr_schedule
+
+
+def fork(checkpoint: dict, changes: dict) -> dict:
+    """The checkpoint with `changes` applied to its train_config (or model_config for model fields)."""
+    reset = bool(changes.pop("reset_optimizer", False))
+    train, model = dict(checkpoint["train_config"]), dict(checkpoint["model_config"])
+    for key, value in changes.items():
+        target = train if key in train else model if key in model else None
+        if target is None:
+            raise SystemExit(f"error: {key!r} is neither a train_config nor a model_config field")
+        target[key] = tuple(value) if isinstance(value, list) else value
+    out = {**checkpoint, "train_config": train, "model_config": model}
+    if "lr" in changes:  # the schedule a run started at the new lr has, from the checkpoint's step on
+        config = TrainConfig.from_dict(train)
+        step = out["sched_g"]["last_epoch"]
+        lr = config.lr * lr_schedule(config, checkpoint["total_steps"])(step)
+        sched = {**out["sched_g"], "base_lrs": [config.lr], "_last_lr": [lr]}
+        groups = [{**g, "lr": lr, "initial_lr": config.lr} for g in out["opt_g"]["param_groups"]]
+        out["sched_g"], out["opt_g"] = sched, {**out["opt_g"], "param_groups": groups}
+    if reset:
+        out["opt_g"] = {**out["opt_g"], "state": {}}
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("source", type=Path, help="run folder or checkpoint to fork")
+    ap.add_argument("run", type=Path, help="new run folder (must not exist)")
+    ap.add_argument("changes", nargs="*", help="field=JSON value")
+    args = ap.parse_args()
+    changes = {}
+    for item in args.changes:
+        key, _, text = item.partition("=")
+        try:
+            changes[key] = json.loads(text)
+        except json.JSONDecodeError:
+            changes[key] = text  # a bare string, e.g. content_loss=psnr
+    args.run.mkdir(parents=True, exist_ok=False)
+    changes.setdefault("checkpoint_dir", str(args.run.resolve()))
+    out = fork(load_training_checkpoint(args.source), changes)
+    save_checkpoint(args.run / CHECKPOINT, out)
+    print(f"forked step {out['step']} of {args.source} into {args.run}: {args.changes}")
+
+
+if __name__ == "__main__":
+    main()
