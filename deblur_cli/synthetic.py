@@ -92,7 +92,7 @@ def training_pair(bank: PhotoBank, batch_size: int, crop: int, families: tuple[s
     """(blurred, sharp) float CPU batch of `crop` px for `step`; the crops carry a blur margin."""
     generator = torch.Generator().manual_seed(mix_seed(seed, 0xB4, step))
     big = bank.batch(batch_size, crop + 2 * shake.margin_for(lengths[1]), generator, scales, tries)
-    return shake.blur(big.float() / 255.0, families, lengths, generator, realism)
+    return shake.blur(big, families, lengths, generator, realism)
 
 
 def name_seed(seed: int, *parts: str) -> int:

@@ -87,12 +87,23 @@ def test_every_family_blurs_and_keeps_the_target(family: str) -> None:
         assert high_freq_energy(blurred[i:i + 1]) < 0.6 * high_freq_energy(target[i:i + 1])
 
 
-def test_zero_length_without_effects_is_identity() -> None:
+@pytest.mark.parametrize("family", ["line", "rotate"])
+def test_zero_length_without_effects_is_identity(family: str) -> None:
     m = shake.margin_for(0.0)
     sharp = photo(32 + 2 * m)
-    blurred, target = shake.blur(sharp, ("line",), (0.0, 0.0), gen(8), NO_EFFECTS)
-    # a 0.5 px streak (the shortest path) and the sRGB round trip: nearly unchanged
-    assert (blurred - target).abs().mean() < 0.01
+    blurred, target = shake.blur(sharp, (family,), (0.0, 0.0), gen(8), NO_EFFECTS)
+    # a 0.5 px streak (the shortest path) and the sRGB round trip: nearly unchanged, and not shifted
+    error = (blurred - target).abs().mean()
+    assert error < 0.01
+    shifted = shake.blur(sharp.roll(m, -1), (family,), (0.0, 0.0), gen(8), NO_EFFECTS)[0]
+    assert error < 0.5 * (shifted - target).abs().mean()  # a margin-sized shift would show
+
+
+def test_uint8_crops_blur_exactly_as_their_float_values() -> None:
+    sharp = (photo(96, n=4) * 255).round().to(torch.uint8)
+    a = shake.blur(sharp, shake.TRAIN_FAMILIES, (2.0, 30.0), gen(11))
+    b = shake.blur(sharp.float() / 255.0, shake.TRAIN_FAMILIES, (2.0, 30.0), gen(11))
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
 
 
 def test_blur_is_deterministic_given_the_generator() -> None:
