@@ -27,6 +27,10 @@ A source with `"split": "train"` sends all its photos to training: the validatio
 (a training campaign's learning curve is measured on it across sessions), so sources added after
 it was drawn only grow the training split.
 
+Containers: `"container": "eet"` takes the largest JPEG inside each globbed file (Enlightenment);
+`"container": "rcc"` takes every file inside each globbed Qt resource file whose inner path matches
+one of `inner_glob` (GCompris), named by its stem.
+
 Names: a photo's name is its file's stem, or, with `"name_from_dir": N`, the N-th component of its
 path inside the package (for packages that store every picture as `<Name>/.../<W>x<H>.png`).
 """
@@ -39,9 +43,11 @@ import hashlib
 import io
 import json
 import shutil
+import struct
 import subprocess
 import sys
 import tempfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -142,6 +148,45 @@ def encode_jpeg(im: Image.Image, quality: int) -> bytes:
 def largest_jpeg(buf: bytes) -> bytes | None:
     best = max(iter_jpegs(buf), key=lambda t: t[2][0] * t[2][1], default=None)
     return None if best is None else best[1]
+
+
+# ---------------------------------------------------------------- files inside Qt resource (.rcc) files
+
+
+def rcc_files(buf: bytes) -> Iterator[tuple[str, bytes]]:
+    """(path, bytes) of every file inside a Qt binary resource (`rcc -binary`, format versions 1-3).
+
+    GCompris ships each activity's pictures inside one `.rcc` file. Layout: a header `qres`,
+    version, tree/data/names offsets; tree nodes (14 bytes, 22 from version 2 on: name offset,
+    flags, then children count + first child for a directory or locale + data offset for a file);
+    a name is a u16 length, a u32 hash and UTF-16BE text; data is a u32 length and the bytes
+    (flag 1: zlib with a u32 size prefix, flag 4: zstd, which no picture here uses).
+    """
+    if buf[:4] != b"qres":
+        raise ValueError("not a Qt resource file (no qres header)")
+    version, tree, data, names = struct.unpack(">IIII", buf[4:20])
+    node = 22 if version >= 2 else 14
+
+    def name_at(off: int) -> str:
+        (n,) = struct.unpack(">H", buf[names + off:names + off + 2])
+        return buf[names + off + 6:names + off + 6 + 2 * n].decode("utf-16-be")
+
+    stack = [(0, "")]
+    while stack:
+        idx, parent = stack.pop()
+        p = tree + idx * node
+        name_off, flags = struct.unpack(">IH", buf[p:p + 6])
+        path = f"{parent}/{name_at(name_off)}" if idx else ""
+        if flags & 2:
+            count, first = struct.unpack(">II", buf[p + 6:p + 14])
+            stack.extend((c, path) for c in reversed(range(first, first + count)))
+            continue
+        (off,) = struct.unpack(">I", buf[p + 10:p + 14])
+        (size,) = struct.unpack(">I", buf[data + off:data + off + 4])
+        blob = buf[data + off + 4:data + off + 4 + size]
+        if flags & 4:
+            continue  # zstd-compressed: not needed for any source so far
+        yield path, zlib.decompress(blob[4:]) if flags & 1 else blob
 
 
 # ---------------------------------------------------------------- pure decisions
@@ -310,6 +355,10 @@ def candidates(root: Path, source: dict) -> Iterator[tuple[str, str, bytes]]:
                 data = largest_jpeg(path.read_bytes())
                 if data is not None:
                     yield name, rel, data
+            elif source.get("container") == "rcc":  # every file inside matching inner_glob; name = its stem
+                for inner, data in rcc_files(path.read_bytes()):
+                    if any(fnmatch.fnmatch(inner, g) for g in source["inner_glob"]):
+                        yield Path(inner).stem, f"{rel}:{inner}", data
             else:
                 yield name, rel, path.read_bytes()
 

@@ -58,6 +58,48 @@ def test_truncated_jpeg_is_not_extracted() -> None:
     assert get_photos.largest_jpeg(b"no images here") is None
 
 
+def _rcc(files: dict[str, tuple[bytes, bool]]) -> bytes:
+    """A version-2 Qt resource file holding `files` ({"dir/name": (bytes, zlib-compressed?)}), as rcc writes it."""
+    import struct
+    import zlib
+
+    names = b""
+    name_off: dict[str, int] = {}
+
+    def name(n: str) -> int:
+        nonlocal names
+        if n not in name_off:
+            name_off[n] = len(names)
+            names += struct.pack(">HI", len(n), 0) + n.encode("utf-16-be")
+        return name_off[n]
+
+    dirs = sorted({f.split("/")[0] for f in files})
+    data = b""
+    nodes = [struct.pack(">IHII", 0, 2, len(dirs), 1) + b"\0" * 8]  # root
+    children = []
+    for d in dirs:
+        kids = sorted(f for f in files if f.split("/")[0] == d)
+        nodes.append(struct.pack(">IHII", name(d), 2, len(kids), 1 + len(dirs) + len(children)) + b"\0" * 8)
+        children.extend(kids)
+    for f in children:
+        raw, compress = files[f]
+        blob = struct.pack(">I", len(raw)) + zlib.compress(raw) if compress else raw
+        nodes.append(struct.pack(">IHHHI", name(f.split("/")[1]), 1 if compress else 0, 0, 0, len(data)) + b"\0" * 8)
+        data += struct.pack(">I", len(blob)) + blob
+    tree = b"".join(nodes)
+    header_len = 20
+    return (b"qres" + struct.pack(">IIII", 2, header_len, header_len + len(tree), header_len + len(tree) + len(data))
+            + tree + data + names)
+
+
+def test_rcc_files_lists_every_file_with_its_path() -> None:
+    a, b, c = _jpeg(40, 30, seed=1), _jpeg(50, 20, seed=2), b"Copyright: someone\nLicense: CC0-1.0\n"
+    buf = _rcc({"act/a.webp": (a, False), "act/README": (c, True), "other/b.jpg": (b, False)})
+    assert dict(get_photos.rcc_files(buf)) == {"/act/README": c, "/act/a.webp": a, "/other/b.jpg": b}
+    with pytest.raises(ValueError):
+        list(get_photos.rcc_files(b"RIFF0000WEBP"))
+
+
 # --- curation decisions --------------------------------------------------------------------------
 
 
