@@ -19,6 +19,7 @@ get_photos = importlib.import_module("get_photos")
 make_eval_set = importlib.import_module("make_eval_set")
 manifest_entry = importlib.import_module("manifest_entry")
 fork_run = importlib.import_module("fork_run")
+photo_containers = importlib.import_module("photo_containers")
 
 
 def _jpeg(w: int, h: int, seed: int = 0, exif_thumb: bytes | None = None, comment: bytes | None = None) -> bytes:
@@ -43,19 +44,19 @@ def test_iter_jpegs_finds_exact_streams_in_a_container_blob() -> None:
     b = _jpeg(120, 80, seed=2)
     blob = (b"EET\x1e\xe0\x0e" + bytes(range(256)) + b"\xff\xd8\xff\x00garbage" + a + b"\x00" * 37 + b
             + b"\xff\xd8\xff\xe0\x00\x10JFIF")  # a fake SOI and a truncated header at the end
-    found = list(get_photos.iter_jpegs(blob))
+    found = list(photo_containers.iter_jpegs(blob))
     assert [data for _, data, _ in found] == [a, b]  # thumbnail skipped, not cut at the COM's FFD9
     assert [size for _, _, size in found] == [(64, 48), (120, 80)]
     assert blob[found[1][0]:found[1][0] + len(b)] == b
-    assert get_photos.largest_jpeg(blob) == b
+    assert photo_containers.largest_jpeg(blob) == b
 
 
 def test_truncated_jpeg_is_not_extracted() -> None:
     a = _jpeg(64, 64, seed=2)
-    assert get_photos.jpeg_end(a, 0) == len(a)
-    assert get_photos.jpeg_end(a[:-200], 0) is None
-    assert list(get_photos.iter_jpegs(a[:-200])) == []
-    assert get_photos.largest_jpeg(b"no images here") is None
+    assert photo_containers.jpeg_end(a, 0) == len(a)
+    assert photo_containers.jpeg_end(a[:-200], 0) is None
+    assert list(photo_containers.iter_jpegs(a[:-200])) == []
+    assert photo_containers.largest_jpeg(b"no images here") is None
 
 
 def _rcc(files: dict[str, tuple[bytes, bool]]) -> bytes:
@@ -95,9 +96,9 @@ def _rcc(files: dict[str, tuple[bytes, bool]]) -> bytes:
 def test_rcc_files_lists_every_file_with_its_path() -> None:
     a, b, c = _jpeg(40, 30, seed=1), _jpeg(50, 20, seed=2), b"Copyright: someone\nLicense: CC0-1.0\n"
     buf = _rcc({"act/a.webp": (a, False), "act/README": (c, True), "other/b.jpg": (b, False)})
-    assert dict(get_photos.rcc_files(buf)) == {"/act/README": c, "/act/a.webp": a, "/other/b.jpg": b}
+    assert dict(photo_containers.rcc_files(buf)) == {"/act/README": c, "/act/a.webp": a, "/other/b.jpg": b}
     with pytest.raises(ValueError):
-        list(get_photos.rcc_files(b"RIFF0000WEBP"))
+        list(photo_containers.rcc_files(b"RIFF0000WEBP"))
 
 
 # --- curation decisions --------------------------------------------------------------------------
