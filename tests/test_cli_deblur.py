@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from deblur_cli import cli
 from deblur_cli.images import load_image
-from deblur_cli.inference import deblur, prepare_model
+from deblur_cli.inference import deblur, prepare_model, resolve_amp
 from deblur_cli.weightfile import build_generator, load_weights_file
 
 FAST = ["--tile", "64", "--overlap", "16", "--device", "cpu"]
@@ -44,7 +44,8 @@ def _photo(path: Path, h: int = 70, w: int = 90, mode: str = "RGB") -> Path:
 
 def _reference(weights: Path, src: Path) -> np.ndarray:
     model = prepare_model(build_generator(*load_weights_file(weights)), torch.device("cpu"))
-    out = deblur(model, load_image(src).rgb, tile=64, overlap=16)
+    # at the precision the CLI's --amp auto picks on this machine (bf16 where the CPU has it natively)
+    out = deblur(model, load_image(src).rgb, tile=64, overlap=16, amp=resolve_amp("auto", torch.device("cpu")))
     return np.clip(np.rint(out[0].permute(1, 2, 0).numpy() * 255), 0, 255).astype(np.uint8)
 
 

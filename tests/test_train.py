@@ -307,7 +307,7 @@ def test_cli_resume_keeps_the_runs_settings_and_says_what_a_flag_changes(
 
     monkeypatch.chdir(tmp_path)  # elsewhere: the stored absolute paths still hold
     for flags, message in [
-        (["--lr", "0.1"], "--lr 0.1 would change what the run computes (it was trained with 0.0005); start a new "
+        (["--lr", "0.1"], "--lr 0.1 would change what the run computes (it was trained with 0.001); start a new "
                           "run with --checkpoint-dir instead of --resume"),
         (["--growth-rate", "8"], "--growth-rate cannot change on --resume (the run's network has growth rate 4)"),
         (["--recipe", "paper"], "--recipe paper would change what the run computes (--content-loss perceptual, the "
