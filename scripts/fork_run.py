@@ -34,7 +34,7 @@ def fork(checkpoint: dict, changes: dict) -> dict:
     if "lr" in changes:  # the schedule a run started at the new lr has, from the checkpoint's step on
         config = TrainConfig.from_dict(train)
         step = out["sched_g"]["last_epoch"]
-        lr = config.lr * lr_schedule(config, checkpoint["total_steps"])(step)
+        lr = config.lr * lr_schedule(config, config.steps or checkpoint["total_steps"])(step)
         sched = {**out["sched_g"], "base_lrs": [config.lr], "_last_lr": [lr]}
         groups = [{**g, "lr": lr, "initial_lr": config.lr} for g in out["opt_g"]["param_groups"]]
         out["sched_g"], out["opt_g"] = sched, {**out["opt_g"], "param_groups": groups}

@@ -24,11 +24,10 @@ from deblur_cli.cli import app
 from deblur_cli.datasets import Pair, discover
 from deblur_cli.errors import MsdnError
 from deblur_cli.evaluate import Contender, check_outputs, evaluate, output_paths, side_by_side, unique_labels
-from deblur_cli.model import MSDN, MSDNConfig
+from deblur_cli.model import MSDN
 from deblur_cli.weightfile import save_weights
+from conftest import TINY
 
-TINY = MSDNConfig(stem_channels=8, growth_rate=4, encoder_layers=(1, 1), bottleneck_layers=1,
-                  decoder_layers=(1, 1), pyramid_pools=(2, 4))
 PHOTOS = ("astronaut", "chelsea", "coffee")
 runner = CliRunner()
 

@@ -13,9 +13,8 @@ from torch.nn.utils.parametrizations import weight_norm
 from deblur_cli.errors import MsdnError
 from deblur_cli.inference import deblur, prepare_model, select_device
 from deblur_cli.model import MSDN, MSDNConfig
+from conftest import TINY
 
-TINY = MSDNConfig(stem_channels=8, growth_rate=4, encoder_layers=(1, 1), bottleneck_layers=1,
-                  decoder_layers=(1, 1), pyramid_pools=(2, 4))
 
 
 def pointwise_model() -> nn.Module:

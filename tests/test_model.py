@@ -23,9 +23,8 @@ from deblur_cli.model import (
     fuse_for_inference,
     pad_to_multiple,
 )
+from conftest import TINY
 
-TINY = MSDNConfig(stem_channels=8, growth_rate=4, encoder_layers=(1, 1), bottleneck_layers=1,
-                  decoder_layers=(1, 1), pyramid_pools=(2, 4))
 
 
 def randomize_head(model: MSDN, seed: int = 0) -> MSDN:

@@ -13,6 +13,8 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import TINY
+
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 sys.path.insert(0, str(SCRIPTS))
 get_photos = importlib.import_module("get_photos")
@@ -254,11 +256,10 @@ def test_level_table_raw_and_aligned() -> None:
 
 def test_manifest_apply_needs_the_held_out_gain(tmp_path: Path) -> None:
     from deblur_cli.manifest import load_manifest
-    from deblur_cli.model import MSDN, MSDNConfig
+    from deblur_cli.model import MSDN
     from deblur_cli.weightfile import save_weights
 
-    config = MSDNConfig(stem_channels=8, growth_rate=4, encoder_layers=(1, 1), bottleneck_layers=1,
-                        decoder_layers=(1, 1), pyramid_pools=(2, 4))
+    config = TINY
     weights = tmp_path / "m.safetensors"
     save_weights(weights, MSDN(config).state_dict(), config, dtype=torch.float16)
     manifest = tmp_path / "pkg" / "weights_manifest.json"
@@ -293,14 +294,11 @@ def test_fork_changes_the_recipe_and_rescales_the_schedule(tmp_path: Path) -> No
 
     from deblur_cli import train as T
     from deblur_cli.checkpoint import load_training_checkpoint
-    from deblur_cli.model import MSDNConfig
 
     photos = tmp_path / "photos"
     photos.mkdir()
     for name in ("astronaut", "coffee", "chelsea"):
         Image.fromarray(getattr(skdata, name)()[:64, :80]).save(photos / f"{name}.png")
-    tiny = MSDNConfig(stem_channels=8, growth_rate=4, encoder_layers=(1, 1), bottleneck_layers=1,
-                      decoder_layers=(1, 1), pyramid_pools=(2, 4))
     config = T.TrainConfig(data=str(photos), synthetic_blur=True, crop=32, batch_size=2, steps=6, warmup_steps=0,
                            blur_strength=(1.0, 6.0), workers=0, checkpoint_dir=str(tmp_path / "base"),
                            checkpoint_every=2, val_fraction=0.34, device="cpu", max_minutes=None)
@@ -310,7 +308,7 @@ def test_fork_changes_the_recipe_and_rescales_the_schedule(tmp_path: Path) -> No
             raise KeyboardInterrupt  # killed after the checkpoint of step 2: both forks continue from it
 
     with pytest.raises(KeyboardInterrupt):
-        T.train(config, tiny, callback=stop_at_step_3)
+        T.train(config, TINY, callback=stop_at_step_3)
     base = load_training_checkpoint(tmp_path / "base")
     lrs = {}
     for name, changes in (("same", {}), ("double", {"lr": 2 * config.lr, "crop": 48})):

@@ -24,11 +24,10 @@ from deblur_cli.cli import app
 from deblur_cli.errors import MsdnError
 from deblur_cli.model import MSDNConfig
 from deblur_cli.weightfile import build_generator, load_weights_file
+from conftest import TINY
 
 torch.set_num_threads(2)
 
-TINY = MSDNConfig(stem_channels=8, growth_rate=4, encoder_layers=(1, 1), bottleneck_layers=1,
-                  decoder_layers=(1, 1), pyramid_pools=(2, 4))
 
 
 @pytest.fixture(scope="module")

@@ -30,9 +30,8 @@ from deblur_cli import weights as w  # noqa: E402
 from deblur_cli.cli import app  # noqa: E402
 from deblur_cli.errors import MsdnError  # noqa: E402
 from deblur_cli.model import MSDN, MSDNConfig  # noqa: E402
+from conftest import TINY
 
-TINY = MSDNConfig(stem_channels=8, growth_rate=4, encoder_layers=(1, 1), bottleneck_layers=1,
-                  decoder_layers=(1, 1), pyramid_pools=(2, 4))
 ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()
 
