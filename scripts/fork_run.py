@@ -7,7 +7,9 @@
 nothing; a deliberate fork changes the stored settings instead. Values are JSON (`lr=2e-3`,
 `blur_families=["poly","walk"]`); with a changed `lr` the run continues the schedule a run started
 at that lr has. `reset_optimizer=1` drops Adam's moments (measured in
-session 4: changing the loss but keeping them lost 0.2 dB).
+session 4: changing the loss but keeping them lost 0.2 dB). A fork that turns the adversarial term
+on (`adv_weight=1`) of a run that had none gets a freshly initialised critic at the fork's lr, so a
+PSNR-trained generator can be finished the way DeblurGAN-style models are.
 """
 
 from __future__ import annotations
@@ -16,9 +18,12 @@ import argparse
 import json
 from pathlib import Path
 
+import torch
+
 from deblur_cli.checkpoint import CHECKPOINT, load_training_checkpoint, save_checkpoint
+from deblur_cli.model import MSDNConfig
 from deblur_cli.trainconfig import TrainConfig
-from deblur_cli.trainstep import lr_schedule
+from deblur_cli.trainstep import build_nets, lr_schedule
 
 
 def fork(checkpoint: dict, changes: dict) -> dict:
@@ -40,7 +45,21 @@ def fork(checkpoint: dict, changes: dict) -> dict:
         out["sched_g"], out["opt_g"] = sched, {**out["opt_g"], "param_groups": groups}
     if reset:
         out["opt_g"] = {**out["opt_g"], "state": {}}
+    if TrainConfig.from_dict(train).adv_weight > 0 and not checkpoint.get("critic"):
+        out.update(_fresh_critic(out))
     return out
+
+
+def _fresh_critic(checkpoint: dict) -> dict:
+    """The critic's parts of a run that never had one: new weights and Adam, its lr schedule where the generator's is."""
+    config, model = TrainConfig.from_dict(checkpoint["train_config"]), MSDNConfig.from_dict(checkpoint["model_config"])
+    nets = build_nets(config, model, torch.device("cpu"), None, False, config.steps or checkpoint["total_steps"])
+    lr = checkpoint["sched_g"]["_last_lr"]
+    sched = {**nets.sched_d.state_dict(), **{k: checkpoint["sched_g"][k] for k in ("last_epoch", "_step_count")},
+             "_last_lr": lr}
+    opt = nets.opt_d.state_dict()
+    opt["param_groups"] = [{**g, "lr": lr[0]} for g in opt["param_groups"]]
+    return {"critic": nets.critic.state_dict(), "opt_d": opt, "sched_d": sched, "scaler_d": nets.scaler_d.state_dict()}
 
 
 def main() -> None:

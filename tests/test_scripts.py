@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import io
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -14,6 +15,8 @@ import torch
 from PIL import Image
 
 from conftest import TINY
+
+from deblur_cli.trainconfig import TrainConfig
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 sys.path.insert(0, str(SCRIPTS))
@@ -288,8 +291,8 @@ def test_manifest_apply_needs_the_held_out_gain(tmp_path: Path) -> None:
     assert json.loads(manifest.read_text()) == data
 
 
-def test_fork_changes_the_recipe_and_rescales_the_schedule(tmp_path: Path) -> None:
-    """A fork resumes where `--resume` would refuse; with lr x2 it continues the cosine a run started at 2 lr has."""
+def _run_killed_at_step_3(tmp_path: Path) -> tuple[TrainConfig, dict]:
+    """A tiny synthetic-blur run of 6 steps, killed after its checkpoint of step 2, and that checkpoint."""
     from skimage import data as skdata
 
     from deblur_cli import train as T
@@ -309,7 +312,15 @@ def test_fork_changes_the_recipe_and_rescales_the_schedule(tmp_path: Path) -> No
 
     with pytest.raises(KeyboardInterrupt):
         T.train(config, TINY, callback=stop_at_step_3)
-    base = load_training_checkpoint(tmp_path / "base")
+    return config, load_training_checkpoint(tmp_path / "base")
+
+
+def test_fork_changes_the_recipe_and_rescales_the_schedule(tmp_path: Path) -> None:
+    """A fork resumes where `--resume` would refuse; with lr x2 it continues the cosine a run started at 2 lr has."""
+    from deblur_cli import train as T
+    from deblur_cli.checkpoint import load_training_checkpoint
+
+    config, base = _run_killed_at_step_3(tmp_path)
     lrs = {}
     for name, changes in (("same", {}), ("double", {"lr": 2 * config.lr, "crop": 48})):
         run = tmp_path / name
@@ -326,3 +337,23 @@ def test_fork_changes_the_recipe_and_rescales_the_schedule(tmp_path: Path) -> No
     assert fork_run.fork(base, {"reset_optimizer": 1})["opt_g"]["state"] == {}
     with pytest.raises(SystemExit, match="'cropp' is neither"):
         fork_run.fork(base, {"cropp": 64})
+
+
+def test_fork_adds_a_fresh_critic_to_a_psnr_run(tmp_path: Path) -> None:
+    """Turning the adversarial term on gives the fork a critic that trains from the fork's step and lr on."""
+    from deblur_cli import train as T
+    from deblur_cli.checkpoint import load_training_checkpoint
+
+    _, base = _run_killed_at_step_3(tmp_path)
+    assert base["critic"] == {}
+    run = tmp_path / "gan"
+    run.mkdir()
+    forked = fork_run.fork(base, {"adv_weight": 1.0, "lr": 1e-4, "checkpoint_dir": str(run), "steps": base["step"] + 2})
+    torch.save(forked, run / "last.pt")
+    events: list[dict] = []
+    T.train(None, resume=run, callback=events.append)
+    steps = [e for e in events if e["event"] == "step"]
+    assert [e["step"] for e in steps] == [base["step"] + 1, base["step"] + 2]
+    assert all(math.isfinite(e["loss_d"]) and "adv" in e for e in steps)
+    after = load_training_checkpoint(run)
+    assert after["opt_d"]["state"] and after["sched_d"]["last_epoch"] == base["step"] + 2
