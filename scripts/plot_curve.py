@@ -3,10 +3,12 @@
 
     python scripts/plot_curve.py                      # table to stdout, docs/learning_curve.png
     python scripts/plot_curve.py campaign/metrics.jsonl --png out.png --batch 16
+    python scripts/plot_curve.py --compare campaign-1/metrics.jsonl   # overlay an earlier run's pooled gain
 
 Reads the run's metrics.jsonl (`msdn train` writes it). Hours are training wall time on the
 campaign's one CPU thread: each step's batch / samples-per-second plus each validation's seconds,
-so pauses between sessions do not count. The PNG needs matplotlib (`pip install matplotlib`); the
+so pauses between sessions do not count. The plot is against steps, so runs trained on different
+CPUs (fp32 on AVX2, bf16 on AVX512-BF16) compare fairly; the tables carry the hours. The PNG needs matplotlib (`pip install matplotlib`); the
 table does not.
 """
 
@@ -51,7 +53,8 @@ def table(points: list[dict[str, float]], metric: str = "psnr_aligned") -> str:
     return "\n".join(lines)
 
 
-def plot(points: list[dict[str, float]], path: Path) -> None:
+def plot(points: list[dict[str, float]], path: Path, others: dict[str, list[dict[str, float]]] | None = None) -> None:
+    """Per group: each level and the two means of this run; each of `others` (by name) as its pooled mean."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -61,15 +64,16 @@ def plot(points: list[dict[str, float]], path: Path) -> None:
     for ax, group in zip(axes, GROUPS):
         for level in LEVELS:
             key = f"{group}/{level}/psnr_aligned_gain"
-            ax.plot([p["hours"] for p in points], [p.get(key) for p in points], marker=".", label=level)
-        ax.plot([p["hours"] for p in points], [p.get(f"{group}/psnr_aligned_gain") for p in points], "k-",
+            ax.plot([p["step"] for p in points], [p.get(key) for p in points], marker=".", label=level)
+        ax.plot([p["step"] for p in points], [p.get(f"{group}/psnr_aligned_gain") for p in points], "k-",
                 linewidth=2, label="mean of crops")
-        pooled = [p for p in points if f"{group}/psnr_pooled_gain" in p]
-        ax.plot([p["hours"] for p in pooled], [p[f"{group}/psnr_pooled_gain"] for p in pooled], "k--",
-                linewidth=2, label="pooled (as whole photos)")
+        for name, run, style in [("this run", points, "k--"), *((n, r, ":") for n, r in (others or {}).items())]:
+            pooled = [p for p in run if f"{group}/psnr_pooled_gain" in p]
+            ax.plot([p["step"] for p in pooled], [p[f"{group}/psnr_pooled_gain"] for p in pooled], style,
+                    linewidth=2, label=f"pooled (as whole photos), {name}")
         ax.axhline(0, color="grey", linewidth=0.5)
         ax.set_title(f"{group} blur families")
-        ax.set_xlabel("training hours (1 CPU thread)")
+        ax.set_xlabel("training step (batch 16)")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("aligned PSNR gain over the blurred input (dB)")
     axes[1].legend()
@@ -82,16 +86,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("metrics", type=Path, nargs="?", default=REPO / "campaign" / "metrics.jsonl")
     ap.add_argument("--png", type=Path, default=REPO / "docs" / "learning_curve.png")
     ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--compare", type=Path, action="append", default=[],
+                    help="another run's metrics.jsonl, drawn as its pooled gain (repeatable)")
     args = ap.parse_args(argv)
-    if not args.metrics.is_file():
-        print(f"error: {args.metrics} not found", file=sys.stderr)
+    missing = [str(f) for f in (args.metrics, *args.compare) if not f.is_file()]
+    if missing:
+        print(f"error: {', '.join(missing)} not found", file=sys.stderr)
         return 1
     points = read_curve(args.metrics.read_text().splitlines(), args.batch)
+    others = {f.parent.name: read_curve(f.read_text().splitlines(), args.batch) for f in args.compare}
     print("Mean of per-crop aligned gains:\n\n" + table(points))
     print("\nPooled aligned gains (each level's crops scored as one photo):\n\n" + table(points, "psnr_pooled"))
     if points:
         try:
-            plot(points, args.png)
+            plot(points, args.png, others)
         except ImportError:
             print("matplotlib is not installed: no plot (pip install matplotlib)", file=sys.stderr)
             return 0
