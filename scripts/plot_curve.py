@@ -54,30 +54,34 @@ def table(points: list[dict[str, float]], metric: str = "psnr_aligned") -> str:
 
 
 def plot(points: list[dict[str, float]], path: Path, others: dict[str, list[dict[str, float]]] | None = None) -> None:
-    """Per group: each level and the two means of this run; each of `others` (by name) as its pooled mean."""
+    """Per group: this run's pooled gain per level and on average (the statistic that tracks whole
+    photos), its mean of crops for reference, and each of `others` (by name) as its pooled mean."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    def line(ax, run: list[dict[str, float]], key: str, *style: str, **kwargs) -> None:
+        shown = [p for p in run if key in p]
+        ax.plot([p["step"] for p in shown], [p[key] for p in shown], *style, **kwargs)
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.6), sharey=True)
     for ax, group in zip(axes, GROUPS):
         for level in LEVELS:
-            key = f"{group}/{level}/psnr_aligned_gain"
-            ax.plot([p["step"] for p in points], [p.get(key) for p in points], marker=".", label=level)
-        ax.plot([p["step"] for p in points], [p.get(f"{group}/psnr_aligned_gain") for p in points], "k-",
-                linewidth=2, label="mean of crops")
-        for name, run, style in [("this run", points, "k--"), *((n, r, ":") for n, r in (others or {}).items())]:
-            pooled = [p for p in run if f"{group}/psnr_pooled_gain" in p]
-            ax.plot([p["step"] for p in pooled], [p[f"{group}/psnr_pooled_gain"] for p in pooled], style,
-                    linewidth=2, label=f"pooled (as whole photos), {name}")
+            line(ax, points, f"{group}/{level}/psnr_pooled_gain", linewidth=1, label=f"{level}, pooled")
+        line(ax, points, f"{group}/psnr_aligned_gain", "-", color="grey", linewidth=1, label="mean of crops")
+        styles = ("k:", "k-.", "k--")  # one per compared run, so several stay apart
+        compared = [(n, r, styles[i % len(styles)]) for i, (n, r) in enumerate((others or {}).items())]
+        for name, run, style in [("this run", points, "k-"), *compared]:
+            line(ax, run, f"{group}/psnr_pooled_gain", style, linewidth=2, label=f"pooled (as whole photos), {name}")
         ax.axhline(0, color="grey", linewidth=0.5)
         ax.set_title(f"{group} blur families")
         ax.set_xlabel("training step (batch 16)")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("aligned PSNR gain over the blurred input (dB)")
-    axes[1].legend()
-    fig.tight_layout()
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=4, fontsize="small", frameon=False)
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
     fig.savefig(path, dpi=100)
 
 
