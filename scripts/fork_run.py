@@ -53,6 +53,7 @@ def fork(checkpoint: dict, changes: dict) -> dict:
 def _fresh_critic(checkpoint: dict) -> dict:
     """The critic's parts of a run that never had one: new weights and Adam, its lr schedule where the generator's is."""
     config, model = TrainConfig.from_dict(checkpoint["train_config"]), MSDNConfig.from_dict(checkpoint["model_config"])
+    torch.manual_seed(config.seed)  # the same fork command gives the same critic
     nets = build_nets(config, model, torch.device("cpu"), None, False, config.steps or checkpoint["total_steps"])
     lr = checkpoint["sched_g"]["_last_lr"]
     sched = {**nets.sched_d.state_dict(), **{k: checkpoint["sched_g"][k] for k in ("last_epoch", "_step_count")},

@@ -349,6 +349,8 @@ def test_fork_adds_a_fresh_critic_to_a_psnr_run(tmp_path: Path) -> None:
     run = tmp_path / "gan"
     run.mkdir()
     forked = fork_run.fork(base, {"adv_weight": 1.0, "lr": 1e-4, "checkpoint_dir": str(run), "steps": base["step"] + 2})
+    again = fork_run.fork(base, {"adv_weight": 1.0, "lr": 1e-4, "checkpoint_dir": str(run), "steps": base["step"] + 2})
+    assert all(torch.equal(again["critic"][k], v) for k, v in forked["critic"].items())  # reproducible
     torch.save(forked, run / "last.pt")
     events: list[dict] = []
     T.train(None, resume=run, callback=events.append)
