@@ -23,5 +23,5 @@ photos=(--data data/photos/train --val-data data/photos/val)  # given again on r
 if [ -f "$RUN/last.pt" ]; then
   exec python -m deblur_cli train --resume "$RUN" "${photos[@]}" "${EXTEND[@]}" "${common[@]}"
 fi
-# the CLI's CPU recipe (no dropout, lr 1e-3: what the campaign runs since step 3,062, docs/TRAINING.md)
+# the CLI's CPU recipe (lr 1e-3, no dropout: the second campaign's, docs/TRAINING.md section 3)
 exec python -m deblur_cli train "${photos[@]}" --synthetic-blur --steps "$STEPS" --checkpoint-dir "$RUN" "${common[@]}"

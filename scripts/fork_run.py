@@ -36,8 +36,8 @@ def fork(checkpoint: dict, changes: dict) -> dict:
             raise SystemExit(f"error: {key!r} is neither a train_config nor a model_config field")
         target[key] = tuple(value) if isinstance(value, list) else value
     out = {**checkpoint, "train_config": train, "model_config": model}
+    config = TrainConfig.from_dict(train)
     if "lr" in changes:  # the schedule a run started at the new lr has, from the checkpoint's step on
-        config = TrainConfig.from_dict(train)
         step = out["sched_g"]["last_epoch"]
         lr = config.lr * lr_schedule(config, config.steps or checkpoint["total_steps"])(step)
         sched = {**out["sched_g"], "base_lrs": [config.lr], "_last_lr": [lr]}
@@ -45,14 +45,14 @@ def fork(checkpoint: dict, changes: dict) -> dict:
         out["sched_g"], out["opt_g"] = sched, {**out["opt_g"], "param_groups": groups}
     if reset:
         out["opt_g"] = {**out["opt_g"], "state": {}}
-    if TrainConfig.from_dict(train).adv_weight > 0 and not checkpoint.get("critic"):
-        out.update(_fresh_critic(out))
+    if config.adv_weight > 0 and not checkpoint.get("critic"):
+        out.update(_fresh_critic(out, config))
     return out
 
 
-def _fresh_critic(checkpoint: dict) -> dict:
+def _fresh_critic(checkpoint: dict, config: TrainConfig) -> dict:
     """The critic's parts of a run that never had one: new weights and Adam, its lr schedule where the generator's is."""
-    config, model = TrainConfig.from_dict(checkpoint["train_config"]), MSDNConfig.from_dict(checkpoint["model_config"])
+    model = MSDNConfig.from_dict(checkpoint["model_config"])
     torch.manual_seed(config.seed)  # the same fork command gives the same critic
     nets = build_nets(config, model, torch.device("cpu"), None, False, config.steps or checkpoint["total_steps"])
     lr = checkpoint["sched_g"]["_last_lr"]

@@ -39,19 +39,15 @@ def test_missing_log_is_an_error(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'old.jsonl'} not found"
 
 
-def test_compared_runs_are_drawn_by_name(tmp_path: Path) -> None:
+def test_compared_runs_are_drawn_by_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("matplotlib")
     run = [{"step": 2, "hours": 0.1, "train/psnr_pooled_gain": 0.5, "held-out/psnr_pooled_gain": 0.4}]
     older = [{"step": 3, "hours": 0.9, "train/psnr_pooled_gain": 0.3, "held-out/psnr_pooled_gain": 0.2}]
     import matplotlib.pyplot as plt
 
     drawn: list = []
-    real_savefig = plt.Figure.savefig
-    plt.Figure.savefig = lambda fig, *a, **k: drawn.append(fig)  # keep the figure to look at its lines
-    try:
-        plot_curve.plot(run, tmp_path / "c.png", {"campaign-1": older})
-    finally:
-        plt.Figure.savefig = real_savefig
+    monkeypatch.setattr(plt.Figure, "savefig", lambda fig, *a, **k: drawn.append(fig))  # keep it to read its lines
+    plot_curve.plot(run, tmp_path / "c.png", {"campaign-1": older})
     held_out = drawn[0].axes[1]
     lines = {line.get_label(): (list(line.get_xdata()), list(line.get_ydata())) for line in held_out.lines}
     assert lines["pooled (as whole photos), campaign-1"] == ([3], [0.2])
