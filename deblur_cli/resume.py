@@ -27,7 +27,7 @@ from typing import Any
 from deblur_cli.errors import MsdnError
 
 PER_INVOCATION = ("max_minutes", "threads")
-PATHS = ("data", "val_data", "vgg_weights", "export")  # stored absolute
+PATHS = ("data", "val_data", "val_real", "vgg_weights", "export")  # stored absolute
 OVERRIDABLE = (*PATHS, "checkpoint_dir", "checkpoint_every", "val_every", "steps", "epochs", "device", "workers",
                "compile", "amp", "channels_last", "skip_bad")
 LOCATIONS = (*PATHS, "checkpoint_dir")  # compared as the files they name

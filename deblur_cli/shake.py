@@ -56,19 +56,19 @@ class Realism:
     jpeg: float = 0.3  # share of images whose blurred input is JPEG re-compressed (quality 60-95)
 
 
-def _uniform(n: int, lo: float, hi: float, g: torch.Generator) -> Tensor:
+def uniform(n: int, lo: float, hi: float, g: torch.Generator) -> Tensor:
     return lo + (hi - lo) * torch.rand(n, generator=g)
 
 
 def path_lengths(n: int, lengths: tuple[float, float], g: torch.Generator) -> Tensor:
     """Half uniform, half log-uniform in [lo, hi] pixels."""
     lo, hi = max(lengths[0], 0.5), max(lengths[1], 0.5)
-    uniform = _uniform(n, lo, hi, g)
-    log = torch.exp(_uniform(n, math.log(lo), math.log(max(hi, lo)), g))
-    return torch.where(torch.rand(n, generator=g) < 0.5, uniform, log)
+    linear = uniform(n, lo, hi, g)
+    log = torch.exp(uniform(n, math.log(lo), math.log(max(hi, lo)), g))
+    return torch.where(torch.rand(n, generator=g) < 0.5, linear, log)
 
 
-def _uneven_time(n: int, t: int, g: torch.Generator) -> Tensor:
+def uneven_time(n: int, t: int, g: torch.Generator) -> Tensor:
     """(n, t) monotone times in [0, 1]: speed varies smoothly (accelerate, decelerate, dwell)."""
     u = torch.linspace(0, 1, t)
     speed = 1 + 0.9 * torch.tanh(torch.randn(n, 3, generator=g) @ torch.stack(
@@ -88,7 +88,7 @@ def _walk(n: int, t: int, g: torch.Generator) -> Tensor:
     """Random walk with inertia: velocity keeps its direction, drifts, and sometimes jerks."""
     velocity = torch.randn(n, 2, generator=g)
     points = [torch.zeros(n, 2)]
-    jerk_p = _uniform(n, 0.0, 0.08, g)
+    jerk_p = uniform(n, 0.0, 0.08, g)
     for _ in range(t - 1):
         jerk = (torch.rand(n, generator=g) < jerk_p)[:, None] * torch.randn(n, 2, generator=g) * 3
         velocity = 0.85 * velocity + 0.35 * torch.randn(n, 2, generator=g) + jerk
@@ -97,7 +97,7 @@ def _walk(n: int, t: int, g: torch.Generator) -> Tensor:
 
 
 def _line(n: int, s: Tensor, g: torch.Generator) -> Tensor:
-    angle = _uniform(n, 0, math.pi, g)
+    angle = uniform(n, 0, math.pi, g)
     direction = torch.stack([torch.cos(angle), torch.sin(angle)], dim=-1)
     return s[..., None] * direction[:, None, :]
 
@@ -105,10 +105,10 @@ def _line(n: int, s: Tensor, g: torch.Generator) -> Tensor:
 def _tremor(n: int, s: Tensor, g: torch.Generator) -> Tensor:
     """Half a cycle to two cycles of oscillation (the path folds back, so its extent is a quarter
     to all of its length) around a slow drift."""
-    cycles = _uniform(n, 0.5, 2.0, g)[:, None]
-    phase = _uniform(n, 0, 2 * math.pi, g)[:, None]
+    cycles = uniform(n, 0.5, 2.0, g)[:, None]
+    phase = uniform(n, 0, 2 * math.pi, g)[:, None]
     amp = torch.randn(n, 1, 2, generator=g)
-    drift = torch.randn(n, 1, 2, generator=g) * _uniform(n, 0.2, 1.0, g)[:, None, None]
+    drift = torch.randn(n, 1, 2, generator=g) * uniform(n, 0.2, 1.0, g)[:, None, None]
     wobble = torch.sin(2 * math.pi * cycles * s + phase)[..., None] * amp
     return wobble + s[..., None] * drift
 
@@ -116,7 +116,7 @@ def _tremor(n: int, s: Tensor, g: torch.Generator) -> Tensor:
 def trajectories(family: str, n: int, lengths: Tensor, g: torch.Generator) -> Tensor:
     """(n, PATH_POINTS, 2) pixel offsets in time order, path length `lengths`, time-average zero."""
     t = PATH_POINTS
-    s = _uneven_time(n, t, g)
+    s = uneven_time(n, t, g)
     if family == "poly":
         path = _poly(n, s, g)
     elif family == "walk":  # re-timed by interpolating the walk at uneven times
@@ -165,10 +165,10 @@ def _rotate(linear: Tensor, lengths: Tensor, margin: int, g: torch.Generator) ->
     from kornia.geometry.transform import warp_affine
 
     n, _, h, w = linear.shape
-    s = _uneven_time(n, ROTATE_FRAMES, g)  # (n, F)
-    centre = torch.stack([_uniform(n, -w, 2 * w, g), _uniform(n, -h, 2 * h, g)], dim=-1)  # may lie outside
+    s = uneven_time(n, ROTATE_FRAMES, g)  # (n, F)
+    centre = torch.stack([uniform(n, -w, 2 * w, g), uniform(n, -h, 2 * h, g)], dim=-1)  # may lie outside
     radius = (torch.stack([torch.tensor([w / 2, h / 2])] * n) - centre).norm(dim=-1).clamp_min(h / 4)
-    drift = _line(n, s, g) * _uniform(n, 0.0, 0.3, g)[:, None, None] * lengths[:, None, None]
+    drift = _line(n, s, g) * uniform(n, 0.0, 0.3, g)[:, None, None] * lengths[:, None, None]
     angle = (s - s.mean(dim=1, keepdim=True)) * (lengths / radius)[:, None]
     drift = drift - drift.mean(dim=1, keepdim=True)
     cos, sin = torch.cos(angle), torch.sin(angle)  # (n, F)
@@ -213,6 +213,41 @@ def margin_for(max_length: float) -> int:
     return int(math.ceil(max_length)) + 2
 
 
+def expose(sharp: Tensor, realism: Realism, g: torch.Generator) -> Tensor:
+    """sRGB crops -> the linear-light scene, a share of them with highlights brighter than the sensor holds."""
+    n = sharp.shape[0]
+    linear = srgb_to_linear(sharp if sharp.dtype == torch.uint8 else sharp.float())
+    gain = torch.where(torch.rand(n, generator=g) < realism.highlights, uniform(n, 1.5, 4.0, g), torch.ones(n))
+    # boost only what is already near white, so a lamp becomes brighter than the sensor can hold
+    return linear + (gain[:, None, None, None] - 1) * (linear - 0.7).clamp_min(0) / 0.3
+
+
+def finish(out: Tensor, target: Tensor, realism: Realism, g: torch.Generator) -> tuple[Tensor, Tensor]:
+    """Linear (blurred, target) -> sRGB, the blurred one through the sensor: clipping,
+    Poisson-Gaussian noise and a share of JPEG re-compression."""
+    n = out.shape[0]
+    a = uniform(n, 0, realism.shot_noise, g)[:, None, None, None]
+    shot = torch.randn(out.shape, generator=g) * (a * out.clamp(0, 1)).sqrt()
+    blurred = linear_to_srgb(out + shot)
+    sigma = uniform(n, 0, realism.noise, g)[:, None, None, None]
+    blurred = (blurred + sigma * torch.randn(blurred.shape, generator=g)).clamp(0, 1)
+    compress = torch.rand(n, generator=g) < realism.jpeg
+    quality = torch.randint(60, 96, (n,), generator=g)
+    for i in compress.nonzero().flatten().tolist():
+        blurred[i] = jpeg(blurred[i], int(quality[i]))
+    return blurred, linear_to_srgb(target.clamp(0, 1))
+
+
+def inner_size(sharp: Tensor, max_length: float) -> tuple[int, int, int]:
+    """(margin, H, W) of the region a blur of paths up to `max_length` px leaves of a crop."""
+    hh, ww = sharp.shape[-2:]
+    m = margin_for(max_length)
+    h, w = hh - 2 * m, ww - 2 * m
+    if h < 1 or w < 1:
+        raise ValueError(f"crops of {hh}x{ww} are too small for a {m} px blur margin")
+    return m, h, w
+
+
 def blur(sharp: Tensor, families: tuple[str, ...], lengths: tuple[float, float], g: torch.Generator,
          realism: Realism = Realism()) -> tuple[Tensor, Tensor]:
     """(n, 3, H+2m, W+2m) sharp sRGB CPU crops ([0, 1] float or uint8) -> (blurred, target), each
@@ -220,17 +255,11 @@ def blur(sharp: Tensor, families: tuple[str, ...], lengths: tuple[float, float],
 
     m = `margin_for(lengths[1])`; each image gets a family drawn from `families`.
     """
-    n, _, hh, ww = sharp.shape
-    m = margin_for(lengths[1])
-    h, w = hh - 2 * m, ww - 2 * m
-    if h < 1 or w < 1:
-        raise ValueError(f"crops of {hh}x{ww} are too small for a {m} px blur margin")
+    n = sharp.shape[0]
+    m, h, w = inner_size(sharp, lengths[1])
     length = path_lengths(n, lengths, g)
     pick = torch.randint(len(families), (n,), generator=g)
-    linear = srgb_to_linear(sharp if sharp.dtype == torch.uint8 else sharp.float())
-    gain = torch.where(torch.rand(n, generator=g) < realism.highlights, _uniform(n, 1.5, 4.0, g), torch.ones(n))
-    # boost only what is already near white, so a lamp becomes brighter than the sensor can hold
-    scene = linear + (gain[:, None, None, None] - 1) * (linear - 0.7).clamp_min(0) / 0.3
+    scene = expose(sharp, realism, g)
     out = torch.empty(n, 3, h, w)
     for f, family in enumerate(families):
         idx = (pick == f).nonzero().flatten()
@@ -241,14 +270,4 @@ def blur(sharp: Tensor, families: tuple[str, ...], lengths: tuple[float, float],
         else:
             kernels = psf(trajectories(family, len(idx), length[idx], g), 2 * m + 1)
             out[idx] = convolve_valid(scene[idx], kernels)
-    target = scene[..., m:m + h, m:m + w].clamp(0, 1)
-    a = _uniform(n, 0, realism.shot_noise, g)[:, None, None, None]
-    shot = torch.randn(out.shape, generator=g) * (a * out.clamp(0, 1)).sqrt()
-    blurred = linear_to_srgb(out + shot)
-    sigma = _uniform(n, 0, realism.noise, g)[:, None, None, None]
-    blurred = (blurred + sigma * torch.randn(blurred.shape, generator=g)).clamp(0, 1)
-    compress = torch.rand(n, generator=g) < realism.jpeg
-    quality = torch.randint(60, 96, (n,), generator=g)
-    for i in compress.nonzero().flatten().tolist():
-        blurred[i] = jpeg(blurred[i], int(quality[i]))
-    return blurred, linear_to_srgb(target)
+    return finish(out, scene[..., m:m + h, m:m + w], realism, g)

@@ -20,15 +20,20 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from deblur_cli import metrics, shake
+from deblur_cli import frames, metrics, shake
 from deblur_cli.data import Sample, mix_seed, read_rgb
 
 # Path length in pixels per level, at a 1280 px long side (as `scripts/make_eval_set.py` writes).
 LEVELS: dict[str, tuple[float, float]] = {
     "mild": (3.0, 8.0), "medium": (8.0, 16.0), "strong": (16.0, 30.0), "extreme": (30.0, 60.0),
 }
-# Validation groups: the families training uses, and a family it never sees.
-GROUPS: dict[str, tuple[str, ...]] = {"train": shake.TRAIN_FAMILIES, "held-out": shake.HELD_OUT_FAMILIES}
+# Validation groups, (renderer, families): the PSF families training uses, a PSF family it never
+# sees, and frame averaging (GOPRO's construction) along a camera path family it never sees.
+GROUPS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "train": ("shake", shake.TRAIN_FAMILIES), "held-out": ("shake", shake.HELD_OUT_FAMILIES),
+    "frames-held-out": ("frames", frames.HELD_OUT_FAMILIES),
+}
+RENDERERS = ("shake", "frames")
 # Validation measures deblurring: light sensor noise as in the eval set, no JPEG or highlight boost,
 # so a gain is not bought by denoising or de-blocking alone.
 VAL_REALISM = shake.Realism(noise=0.01, shot_noise=0.0, highlights=0.0, jpeg=0.0)
@@ -86,13 +91,31 @@ def texture(crop: Tensor) -> float:
     return float((x[:, 1:] - x[:, :-1]).abs().mean() + (x[:, :, 1:] - x[:, :, :-1]).abs().mean())
 
 
+def render(renderer: str, sharp: Tensor, families: tuple[str, ...], lengths: tuple[float, float],
+           g: torch.Generator, realism: shake.Realism) -> tuple[Tensor, Tensor]:
+    """Crops with a blur margin -> (blurred, sharp) by `renderer` ("shake": PSF families, "frames": averaged frames)."""
+    if renderer == "frames":
+        return frames.blur(sharp, families, lengths, g, realism)
+    return shake.blur(sharp, families, lengths, g, realism)
+
+
 def training_pair(bank: PhotoBank, batch_size: int, crop: int, families: tuple[str, ...],
                   lengths: tuple[float, float], realism: shake.Realism, seed: int, step: int,
-                  scales: tuple[float, float] = (1.0, 1.0), tries: int = 1) -> tuple[Tensor, Tensor]:
-    """(blurred, sharp) float CPU batch of `crop` px for `step`; the crops carry a blur margin."""
+                  scales: tuple[float, float] = (1.0, 1.0), tries: int = 1,
+                  mix: frames.FrameMix = frames.FrameMix()) -> tuple[Tensor, Tensor]:
+    """(blurred, sharp) float CPU batch of `crop` px for `step`; the crops carry a blur margin.
+
+    The last `mix.share` of the batch is rendered by averaging frames, the rest by `shake.py`
+    (with no share, the batch is exactly what runs before the frame renderer drew)."""
     generator = torch.Generator().manual_seed(mix_seed(seed, 0xB4, step))
     big = bank.batch(batch_size, crop + 2 * shake.margin_for(lengths[1]), generator, scales, tries)
-    return shake.blur(big, families, lengths, generator, realism)
+    k = round(batch_size * mix.share)
+    if k == 0:
+        return shake.blur(big, families, lengths, generator, realism)
+    parts = [shake.blur(big[:batch_size - k], families, lengths, generator, realism)] if k < batch_size else []
+    parts.append(frames.blur(big[batch_size - k:], mix.families, lengths, generator, realism, mix.layers, mix.gamma,
+                             mix.target))
+    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
 
 def name_seed(seed: int, *parts: str) -> int:
@@ -112,22 +135,22 @@ class ValPair:
 
 def validation_pairs(samples: Sequence[Sample], size: int, seed: int,
                      levels: dict[str, tuple[float, float]] = LEVELS,
-                     groups: dict[str, tuple[str, ...]] = GROUPS) -> list[ValPair]:
+                     groups: dict[str, tuple[str, tuple[str, ...]]] = GROUPS) -> list[ValPair]:
     """Fixed (blurred, sharp) centre crops of `size` px per photo, level and family group."""
     pairs = []
     for sample in samples:
         photo = read_rgb(sample.sharp)
         for level, lengths in levels.items():
             big = size + 2 * shake.margin_for(lengths[1])
-            crop = _centre(photo, big).float()[None] / 255.0
-            for group, families in groups.items():
+            crop = centre(photo, big).float()[None] / 255.0
+            for group, (renderer, families) in groups.items():
                 generator = torch.Generator().manual_seed(name_seed(seed, Path(sample.sharp).name, level, group))
-                blurred, sharp = shake.blur(crop, families, lengths, generator, VAL_REALISM)
+                blurred, sharp = render(renderer, crop, families, lengths, generator, VAL_REALISM)
                 pairs.append(ValPair(group, level, Path(sample.sharp).stem, _to_uint8(blurred), _to_uint8(sharp)))
     return pairs
 
 
-def _centre(photo: Tensor, size: int) -> Tensor:
+def centre(photo: Tensor, size: int) -> Tensor:
     """The centre `size` square, reflected out where the photo is smaller."""
     h, w = photo.shape[-2:]
     if h < size or w < size:
@@ -146,7 +169,8 @@ def _to_uint8(x: Tensor) -> Tensor:
 
 def score(run: Callable[[Tensor], Tensor] | None, pairs: Sequence[ValPair], radius: int) -> dict[str, float]:
     """Mean PSNR, aligned PSNR (best shift within `radius`) and SSIM per group/level and overall,
-    plus "psnr_pooled": the aligned PSNR of the level's summed squared error.
+    plus "psnr_pooled": the aligned PSNR of the level's summed squared error, and "grad_ratio": the
+    output's mean gradient magnitude over the sharp target's (below the blurred input's: smoothing).
 
     Why pooled: a mean of per-crop dB is ruled by flat crops, where denoising alone gains 5-7 dB,
     while a whole photo's PSNR is ruled by its textured parts, where deblurring is the job. Pooling
@@ -159,6 +183,7 @@ def score(run: Callable[[Tensor], Tensor] | None, pairs: Sequence[ValPair], radi
     """
     sums: dict[str, list[float]] = {}
     squared: dict[tuple[str, str], list[float]] = {}
+    gradients: dict[tuple[str, str], list[tuple[float, float]]] = {}
     for pair in pairs:
         blurred, sharp = pair.blurred.float() / 255.0, pair.sharp.float() / 255.0
         out = blurred if run is None else run(blurred).float().cpu()
@@ -168,6 +193,8 @@ def score(run: Callable[[Tensor], Tensor] | None, pairs: Sequence[ValPair], radi
         for key in (f"{pair.group}/{pair.level}", pair.group):
             sums.setdefault(key, []).extend(values)
         squared.setdefault((pair.group, pair.level), []).append(float(metrics.mse(*aligned)[0]))
+        gradients.setdefault((pair.group, pair.level), []).append(
+            (float(metrics.gradient(out)[0]), float(metrics.gradient(sharp)[0])))
     result = {}
     for key, values in sums.items():
         for i, name in enumerate(("psnr", "psnr_aligned", "ssim_aligned")):
@@ -180,4 +207,6 @@ def score(run: Callable[[Tensor], Tensor] | None, pairs: Sequence[ValPair], radi
         pooled.setdefault(group, []).append(value)
     for group, values in pooled.items():
         result[f"{group}/psnr_pooled"] = sum(values) / len(values)
+    for (group, level), values in gradients.items():
+        result[f"{group}/{level}/grad_ratio"] = sum(o for o, _ in values) / max(sum(t for _, t in values), 1e-8)
     return result

@@ -10,7 +10,7 @@ import json
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from deblur_cli import shake
+from deblur_cli import frames, shake
 from deblur_cli.errors import MsdnError
 from deblur_cli.inference import AMP_CHOICES
 
@@ -64,10 +64,17 @@ class TrainConfig:
     blur_families: tuple[str, ...] = shake.TRAIN_FAMILIES
     crop_scales: tuple[float, float] = (0.5, 1.0)  # synthetic blur: crops taken at a random scale in this range
     crop_tries: int = 1  # synthetic blur: keep the most textured of this many random windows
+    # frame-averaging renderer (frames.py, GOPRO's construction): its share of each batch and options
+    frame_share: float = frames.FrameMix.share
+    frame_families: tuple[str, ...] = frames.TRAIN_FAMILIES
+    frame_layers: float = frames.FrameMix.layers
+    frame_gamma: float = frames.FrameMix.gamma
+    frame_target: str = frames.FrameMix.target
     noise: float = shake.Realism.noise  # camera effects on the blurred input (shake.Realism)
     shot_noise: float = shake.Realism.shot_noise
     highlights: float = shake.Realism.highlights
     jpeg: float = shake.Realism.jpeg
+    val_real: str | None = None  # paired real-blur folder also scored at each validation (never trained on)
     val_align: int = 4  # validation also scores the best integer shift within this many pixels
     vgg_weights: str | None = None
     seed: int = 0
@@ -92,6 +99,14 @@ class TrainConfig:
         unknown = sorted(set(self.blur_families) - set(shake.FAMILIES))
         if unknown or not self.blur_families:
             problems.append(f"unknown blur families {', '.join(unknown) or '(none)'}; use {', '.join(shake.FAMILIES)}")
+        unknown = sorted(set(self.frame_families) - set(frames.FAMILIES))
+        if unknown or not self.frame_families:
+            problems.append(f"unknown frame families {', '.join(unknown) or '(none)'}; use {', '.join(frames.FAMILIES)}")
+        for name in ("frame_share", "frame_layers", "frame_gamma"):
+            if not 0 <= getattr(self, name) <= 1:
+                problems.append(f"{name.replace('_', '-')} must be in [0, 1], got {getattr(self, name)}")
+        if self.frame_target not in frames.TARGETS:
+            problems.append(f"unknown frame target {self.frame_target!r}; use {', '.join(frames.TARGETS)}")
         if not 0 < self.crop_scales[0] <= self.crop_scales[1] <= 1:
             problems.append(f"crop scales must be 0 < LO <= HI <= 1, got {self.crop_scales[0]},{self.crop_scales[1]}")
         if not 1 <= self.crop_tries <= 16:
@@ -127,6 +142,11 @@ class TrainConfig:
     @property
     def realism(self) -> shake.Realism:
         return shake.Realism(self.noise, self.shot_noise, self.highlights, self.jpeg)
+
+    @property
+    def frame_mix(self) -> frames.FrameMix:
+        return frames.FrameMix(self.frame_share, self.frame_families, self.frame_layers, self.frame_gamma,
+                               self.frame_target)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)

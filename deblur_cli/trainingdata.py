@@ -109,6 +109,6 @@ def pairs(loader: DataLoader | None, sampler: D.EpochSampler, bank: S.PhotoBank 
     for step in range(start, total):
         blurred, sharp = S.training_pair(bank, config.batch_size, config.crop, config.blur_families,
                                          config.blur_strength, config.realism, D.mix_seed(config.seed, rank), step,
-                                         config.crop_scales, config.crop_tries)
+                                         config.crop_scales, config.crop_tries, config.frame_mix)
         yield (step, blurred.to(device).contiguous(memory_format=memory_format),
                sharp.to(device).contiguous(memory_format=memory_format))

@@ -15,6 +15,7 @@ PSNR-trained generator can be finished the way DeblurGAN-style models are.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
@@ -25,13 +26,15 @@ from deblur_cli.model import MSDNConfig
 from deblur_cli.trainconfig import TrainConfig
 from deblur_cli.trainstep import build_nets, lr_schedule
 
+TRAIN_FIELDS = frozenset(f.name for f in dataclasses.fields(TrainConfig))  # a stored config may predate some
+
 
 def fork(checkpoint: dict, changes: dict) -> dict:
     """The checkpoint with `changes` applied to its train_config (or model_config for model fields)."""
     reset = bool(changes.pop("reset_optimizer", False))
     train, model = dict(checkpoint["train_config"]), dict(checkpoint["model_config"])
     for key, value in changes.items():
-        target = train if key in train else model if key in model else None
+        target = train if key in train or key in TRAIN_FIELDS else model if key in model else None
         if target is None:
             raise SystemExit(f"error: {key!r} is neither a train_config nor a model_config field")
         target[key] = tuple(value) if isinstance(value, list) else value

@@ -5,10 +5,12 @@ Why fixed: comparing models (or a model with the blurred input) needs the same b
 photos every time, so the blur is synthesised once, with a seed per (photo, level, group) that
 depends only on the photo's name, and written as PNG in the GOPRO layout
 
-    OUT/{train,heldout}/test/{mild,medium,strong,extreme}/{blur,sharp}/NAME.png
+    OUT/{train,heldout,frames-heldout}/test/{mild,medium,strong,extreme}/{blur,sharp}/NAME.png
 
 so `msdn eval OUT/heldout --baseline identity --align 4` reports PSNR/SSIM per level. `train` uses
-the trajectory families training uses, `heldout` the family it never sees (`deblur_cli.shake`).
+the PSF trajectory families training uses, `heldout` the PSF family it never sees
+(`deblur_cli.shake`), `frames-heldout` averaged frames along a camera path family training never
+sees (`deblur_cli.frames`, GOPRO's construction).
 The photos are resized to a long side of 1280 px first, because the levels (path length in
 pixels, `deblur_cli.synthetic.LEVELS`) are defined at 1280x720.
 """
@@ -24,13 +26,14 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps
 
 from deblur_cli import shake
+from deblur_cli import synthetic as S
 from deblur_cli.images import save_rgb, to_tensor
 from deblur_cli.synthetic import GROUPS, LEVELS, VAL_REALISM, name_seed
 
 LONG_SIDE = 1280
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png")
 REPO = Path(__file__).resolve().parents[1]
-FOLDERS = {"train": "train", "held-out": "heldout"}  # group -> folder name
+FOLDERS = {"train": "train", "held-out": "heldout", "frames-held-out": "frames-heldout"}  # group -> folder name
 
 
 def load_resized(path: Path, long_side: int = LONG_SIDE) -> torch.Tensor:
@@ -44,12 +47,12 @@ def load_resized(path: Path, long_side: int = LONG_SIDE) -> torch.Tensor:
         return to_tensor(im)
 
 
-def blur_photo(sharp: torch.Tensor, seed: int, lengths: tuple[float, float],
-               families: tuple[str, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+def blur_photo(sharp: torch.Tensor, seed: int, lengths: tuple[float, float], families: tuple[str, ...],
+               renderer: str = "shake") -> tuple[torch.Tensor, torch.Tensor]:
     """A whole photo blurred by one path of `families`; the border is reflected in for the margin."""
     m = shake.margin_for(lengths[1])
     padded = F.pad(sharp, (m, m, m, m), mode="reflect")
-    return shake.blur(padded, families, lengths, torch.Generator().manual_seed(seed), VAL_REALISM)
+    return S.render(renderer, padded, families, lengths, torch.Generator().manual_seed(seed), VAL_REALISM)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -76,14 +79,14 @@ def main(argv: list[str] | None = None) -> int:
     for path in photos:
         sharp = None
         for level in levels:
-            for group, families in GROUPS.items():
+            for group, (renderer, families) in GROUPS.items():
                 folder = args.out / FOLDERS[group] / "test" / level
                 blur_path, sharp_path = folder / "blur" / f"{path.stem}.png", folder / "sharp" / f"{path.stem}.png"
                 if blur_path.is_file() and sharp_path.is_file() and not args.overwrite:
                     continue
                 sharp = load_resized(path, args.long_side) if sharp is None else sharp
                 seed = name_seed(args.seed, path.name, level, group)
-                blurred, target = blur_photo(sharp, seed, LEVELS[level], families)
+                blurred, target = blur_photo(sharp, seed, LEVELS[level], families, renderer)
                 for p, img in ((blur_path, blurred), (sharp_path, target)):
                     p.parent.mkdir(parents=True, exist_ok=True)
                     save_rgb(p, img)

@@ -209,7 +209,7 @@ def test_check_split_requires_enough_validation_photos_and_sources() -> None:
 def test_eval_blur_is_reproducible_per_photo_level_and_group() -> None:
     from deblur_cli.synthetic import name_seed
 
-    assert len({name_seed(1, "a", lv, g) for lv in make_eval_set.LEVELS for g in make_eval_set.GROUPS}) == 8
+    assert len({name_seed(1, "a", lv, g) for lv in make_eval_set.LEVELS for g in make_eval_set.GROUPS}) == 12
     assert name_seed(1, "a", "mild", "train") != name_seed(2, "a", "mild", "train")
     sharp = torch.rand(1, 3, 48, 64, generator=torch.Generator().manual_seed(0))
     b1, t1 = make_eval_set.blur_photo(sharp, 5, (3.0, 6.0), ("walk",))
@@ -221,15 +221,15 @@ def test_eval_blur_is_reproducible_per_photo_level_and_group() -> None:
     assert (b1 - t1).abs().mean() > 0.01  # really blurred
 
 
-def test_make_eval_set_writes_both_groups_per_level(tmp_path: Path) -> None:
+def test_make_eval_set_writes_every_group_per_level(tmp_path: Path) -> None:
     photos = tmp_path / "val"
     photos.mkdir()
     (photos / "p.jpg").write_bytes(_jpeg(160, 120, seed=1))
     out = tmp_path / "eval"
     assert make_eval_set.main(["--photos", str(photos), "--out", str(out), "--levels", "mild,extreme"]) == 0
     files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png"))
-    assert files == [f"{g}/test/{lv}/{k}/p.png" for g in ("heldout", "train") for lv in ("extreme", "mild")
-                     for k in ("blur", "sharp")]
+    assert files == [f"{g}/test/{lv}/{k}/p.png" for g in ("frames-heldout", "heldout", "train")
+                     for lv in ("extreme", "mild") for k in ("blur", "sharp")]
 
 
 # --- manifest entry ------------------------------------------------------------------------------

@@ -76,9 +76,10 @@ def test_training_pair_is_a_function_of_seed_and_step(photos: list[Sample]) -> N
 def test_validation_pairs_are_fixed_per_photo_name(photos: list[Sample]) -> None:
     levels = {"mild": (3.0, 8.0), "extreme": (30.0, 60.0)}
     pairs = S.validation_pairs(photos[:2], 64, seed=3, levels=levels)
-    assert [(p.name, p.level, p.group) for p in pairs[:4]] == [
-        ("astronaut", "mild", "train"), ("astronaut", "mild", "held-out"),
-        ("astronaut", "extreme", "train"), ("astronaut", "extreme", "held-out")]
+    assert [(p.name, p.level, p.group) for p in pairs[:6]] == [
+        ("astronaut", "mild", "train"), ("astronaut", "mild", "held-out"), ("astronaut", "mild", "frames-held-out"),
+        ("astronaut", "extreme", "train"), ("astronaut", "extreme", "held-out"),
+        ("astronaut", "extreme", "frames-held-out")]
     assert all(p.blurred.shape == p.sharp.shape == (1, 3, 64, 64) and p.blurred.dtype == torch.uint8 for p in pairs)
     # adding a photo leaves the others' pairs unchanged (seeds come from names, not positions)
     more = S.validation_pairs(photos[::-1], 64, seed=3, levels=levels)
@@ -101,8 +102,12 @@ def test_score_identity_baseline_and_a_perfect_model(photos: list[Sample]) -> No
     perfect = S.score(lambda x: sharp_of[(x * 255).round().to(torch.uint8).numpy().tobytes()].float() / 255,
                       pairs, radius=2)
     assert perfect["held-out/psnr_aligned"] == float("inf") and perfect["train/psnr"] == float("inf")
-    assert set(base) == {f"{k}/{m}" for k in ("train", "train/mild", "held-out", "held-out/mild")
-                         for m in ("psnr", "psnr_aligned", "ssim_aligned", "psnr_pooled")}
+    groups = ("train", "held-out", "frames-held-out")
+    assert set(base) == {f"{k}/{m}" for g in groups for k in (g, f"{g}/mild")
+                         for m in ("psnr", "psnr_aligned", "ssim_aligned", "psnr_pooled")} | {
+                             f"{g}/mild/grad_ratio" for g in groups}
+    assert perfect["frames-held-out/mild/grad_ratio"] == pytest.approx(1.0)  # the sharp image's own texture
+    assert base["train/mild/grad_ratio"] < 1.0  # blur removes gradient
     assert perfect["train/psnr_pooled"] == float("inf")
 
 
@@ -126,9 +131,9 @@ def test_pooled_psnr_scores_a_level_as_one_photo(photos: list[Sample]) -> None:
 
 def test_centre_pads_small_photos() -> None:
     photo = torch.arange(3 * 10 * 12, dtype=torch.uint8).view(3, 10, 12)
-    out = S._centre(photo, 16)
+    out = S.centre(photo, 16)
     assert out.shape == (3, 16, 16) and torch.equal(out[:, 3:13, 2:14], photo)
-    assert torch.equal(S._centre(photo, 6), photo[:, 2:8, 3:9])
+    assert torch.equal(S.centre(photo, 6), photo[:, 2:8, 3:9])
 
 
 def test_missing_photo_file_is_a_clear_error(tmp_path: Path) -> None:
@@ -153,3 +158,30 @@ def test_crop_tries_keep_the_most_textured_window() -> None:
     # sha256 of the same call on the bank before `tries` existed (commit 487c4b1)
     assert hashlib.sha256(scaled.numpy().tobytes()).hexdigest()[:16] == "c185739b917d5051"
     assert S.texture(flat) == 0.0 and S.texture(noisy) > 50
+
+
+def test_gradient_matches_numpy_on_8_bit_values() -> None:
+    rng = np.random.default_rng(0)
+    images = rng.random((2, 3, 20, 30))
+    q = np.round(np.clip(images, 0, 1) * 255)
+    expected = np.abs(np.diff(q, axis=3)).mean(axis=(1, 2, 3)) + np.abs(np.diff(q, axis=2)).mean(axis=(1, 2, 3))
+    np.testing.assert_allclose(metrics.gradient(torch.from_numpy(images)).numpy(), expected, rtol=1e-12)
+    assert float(metrics.gradient(torch.full((1, 3, 8, 8), 0.5))[0]) == 0.0
+
+
+def test_real_blur_pairs_are_centre_crops_of_a_paired_folder(tmp_path: Path) -> None:
+    from deblur_cli.errors import MsdnError
+    from deblur_cli.validation import real_pairs
+
+    for folder, offset in (("blur", 10), ("sharp", 0)):
+        (tmp_path / folder).mkdir()
+        Image.fromarray((skdata.astronaut()[:120, :160] // 2 + offset).astype(np.uint8)).save(tmp_path / folder / "a.png")
+    pairs = real_pairs(str(tmp_path), 64)
+    assert [(p.group, p.level, p.name) for p in pairs] == [("real", "all", "a")]
+    sharp = torch.from_numpy(skdata.astronaut()[28:92, 48:112] // 2).permute(2, 0, 1)[None]
+    assert torch.equal(pairs[0].sharp, sharp) and torch.equal(pairs[0].blurred, sharp + 10)
+    empty = tmp_path / "empty"
+    (empty / "blur").mkdir(parents=True)
+    (empty / "sharp").mkdir()
+    with pytest.raises(MsdnError):
+        real_pairs(str(empty), 64)

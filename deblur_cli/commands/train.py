@@ -29,6 +29,12 @@ _TABLE: list[tuple[str, type, str]] = [
     ("blur_strength", str, "Synthetic blur path length LO,HI in pixels (default: 2,60)."),
     ("blur_families", str, "Trajectory families to train on, comma separated: poly, walk, line, rotate, tremor "
                            "(default: all but tremor)."),
+    ("frame_share", float, "Share of each batch blurred by averaging frames of a moving camera (GOPRO's way) "
+                           "instead of by a PSF (default: 0)."),
+    ("frame_families", str, "Camera path families of the frame renderer: glide, jitter, bob (default: glide,jitter)."),
+    ("frame_layers", float, "Share of frame-rendered samples with a second, independently moving layer (default: 0.3)."),
+    ("frame_gamma", float, "Share of frame-rendered samples averaged in sRGB rather than linear light (default: 0.5)."),
+    ("frame_target", str, "Sharp reference of the frame renderer: middle (GOPRO's) or mean (default: middle)."),
     ("crop_scales", str, "Cut training crops at a random scale LO,HI (area downsampling) (default: 0.5,1)."),
     ("crop_tries", int, "Keep the most textured of N random windows per training crop (default: 1)."),
     ("jpeg", float, "Share of blurred inputs JPEG re-compressed (default: 0.3)."),
@@ -38,6 +44,7 @@ _TABLE: list[tuple[str, type, str]] = [
     ("skip_bad", bool, "Skip (and count) unreadable, unmatched or mismatched files instead of stopping."),
     ("val_fraction", float, "Files held out for validation (default: 0.05)."),
     ("val_crop", int, "Centre-crop validation photos to this size (synthetic blur default: 256)."),
+    ("val_real", Path, "Paired real-blur folder (ROOT/{blur,sharp}) also scored at each validation, centre crops."),
     ("val_align", int, "Validation also scores the best shift within N px (default: 4)."),
     ("fixed_crops", bool, "Overfit check: the same crop and blur of each photo every step, validated on those crops."),
     ("steps", int, "Train this many steps (schedule scaled); default 300 epochs."),
@@ -97,6 +104,7 @@ PARSERS: dict[str, Callable[[Any], Any]] = {
     "blur_strength": lambda text: _range(text, "--blur-strength", "2,60 pixels"),
     "crop_scales": lambda text: _range(text, "--crop-scales", "0.5,1"),
     "blur_families": lambda text: tuple(f.strip() for f in text.split(",") if f.strip()),
+    "frame_families": lambda text: tuple(f.strip() for f in text.split(",") if f.strip()),
 }
 
 
