@@ -29,7 +29,7 @@ from deblur_cli.errors import MsdnError
 PER_INVOCATION = ("max_minutes", "threads")
 PATHS = ("data", "val_data", "val_real", "vgg_weights", "export")  # stored absolute
 OVERRIDABLE = (*PATHS, "checkpoint_dir", "checkpoint_every", "val_every", "steps", "epochs", "device", "workers",
-               "compile", "amp", "channels_last", "skip_bad")
+               "render_workers", "compile", "amp", "channels_last", "skip_bad")
 LOCATIONS = (*PATHS, "checkpoint_dir")  # compared as the files they name
 FLAG_NAMES = {"pyramid": "--no-pyramid", "compile": "--compile"}
 

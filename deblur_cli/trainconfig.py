@@ -83,6 +83,7 @@ class TrainConfig:
     device: str = "auto"
     compile: bool = False
     workers: int = 2
+    render_workers: int = 0  # synthetic blur: processes rendering batches ahead (0: the training process)
     checkpoint_dir: str = "runs/msdn"
     checkpoint_every: int = 1000
     val_every: int | None = None  # None: every epoch (or steps/10 for --steps runs)
@@ -129,7 +130,7 @@ class TrainConfig:
             problems.append("val-every must be at least 1")
         if self.max_minutes is not None and self.max_minutes <= 0:
             problems.append("max-minutes must be positive")
-        if self.workers < 0:
+        if self.workers < 0 or self.render_workers < 0:
             problems.append("workers cannot be negative")
         if self.lr <= 0 or self.lr_final < 0:
             problems.append("learning rates must be positive")

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from deblur_cli import data as D
 from deblur_cli import shake
@@ -95,6 +95,30 @@ def _batches(loader: DataLoader, sampler: D.EpochSampler, start: int, total: int
                 return
 
 
+class StepBatches(Dataset):
+    """Step -> synthetic (blurred, sharp) CPU batch. A pure function of the step, so worker processes
+    can render steps ahead in any order and the run still sees exactly the batches it would alone."""
+
+    def __init__(self, bank: S.PhotoBank, config: TrainConfig, seed: int, total: int) -> None:
+        self.bank, self.config, self.seed, self.total = bank, config, seed, total
+
+    def __len__(self) -> int:
+        return self.total
+
+    def __getitem__(self, step: int) -> tuple[Tensor, Tensor]:
+        c = self.config
+        return S.training_pair(self.bank, c.batch_size, c.crop, c.blur_families, c.blur_strength, c.realism,
+                               self.seed, step, c.crop_scales, c.crop_tries, c.frame_mix)
+
+
+def rendered(batches: StepBatches, start: int, workers: int) -> Iterator[tuple[Tensor, Tensor]]:
+    """The batches of steps `start`.. in order, rendered by `workers` processes ahead of use (or here)."""
+    if workers == 0:
+        return (batches[step] for step in range(start, len(batches)))
+    return iter(DataLoader(batches, batch_size=None, sampler=range(start, len(batches)), num_workers=workers,
+                           prefetch_factor=4))
+
+
 def pairs(loader: DataLoader | None, sampler: D.EpochSampler, bank: S.PhotoBank | None, config: TrainConfig,
           device: torch.device, start: int, total: int, rank: int,
           channels_last: bool) -> Iterator[tuple[int, Tensor, Tensor]]:
@@ -106,9 +130,7 @@ def pairs(loader: DataLoader | None, sampler: D.EpochSampler, bank: S.PhotoBank 
             yield step, *make_pair(batch, config, device, channels_last)
         return
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    for step in range(start, total):
-        blurred, sharp = S.training_pair(bank, config.batch_size, config.crop, config.blur_families,
-                                         config.blur_strength, config.realism, D.mix_seed(config.seed, rank), step,
-                                         config.crop_scales, config.crop_tries, config.frame_mix)
+    batches = StepBatches(bank, config, D.mix_seed(config.seed, rank), total)
+    for step, (blurred, sharp) in enumerate(rendered(batches, start, config.render_workers), start):
         yield (step, blurred.to(device).contiguous(memory_format=memory_format),
                sharp.to(device).contiguous(memory_format=memory_format))

@@ -257,7 +257,7 @@ def test_level_table_raw_and_aligned() -> None:
         manifest_entry.level_table({"models": ["m"], "summary": []})
 
 
-def test_manifest_apply_needs_the_held_out_gain(tmp_path: Path) -> None:
+def test_manifest_apply_needs_a_gain_in_every_group(tmp_path: Path) -> None:
     from deblur_cli.manifest import load_manifest
     from deblur_cli.model import MSDN
     from deblur_cli.weightfile import save_weights
@@ -271,23 +271,30 @@ def test_manifest_apply_needs_the_held_out_gain(tmp_path: Path) -> None:
     photos = tmp_path / "missing.json"
 
     train_only = manifest_entry.build_entry(weights, {"train": _report(3.0, 3.0)}, "m", photos)
-    assert "--heldout-json" in manifest_entry.apply(train_only, weights, manifest, 1.0)
-    low = manifest_entry.build_entry(weights, {"train": _report(3.0, 3.0), "heldout": _report(1.0, 0.9)}, "m", photos)
-    assert low["metrics"]["heldout_overall_gain_db_aligned"] == pytest.approx(0.9) and low["bundled"] == "m.safetensors"
-    assert "below the +1.00 dB bar" in manifest_entry.apply(low, weights, manifest, 1.0)
+    assert "--heldout-json" in manifest_entry.apply(train_only, weights, manifest, 0.0)
+    worse = manifest_entry.build_entry(weights, {"train": _report(3.0, 3.0), "heldout": _report(1.0, 0.9),
+                                                 "frames_heldout": _report(0.2, -0.1), "real": _report(0.3, 0.2)},
+                                       "m", photos)
+    assert worse["metrics"]["heldout_overall_gain_db_aligned"] == pytest.approx(0.9) and worse["bundled"] == "m.safetensors"
+    assert worse["metrics"]["real_mild_gain_db_aligned"] == pytest.approx(0.2)
+    assert (manifest_entry.apply(worse, weights, manifest, 0.0)
+            == "frames_heldout aligned gain -0.10 dB is not above +0.00 dB; not applied")
+    assert "heldout aligned gain +0.90 dB is not above +1.00 dB" in manifest_entry.apply(
+        {**worse, "metrics": {k: v for k, v in worse["metrics"].items() if not k.startswith(("frames", "real"))}},
+        weights, manifest, 1.0)
     assert json.loads(manifest.read_text())["default"] is None
     assert not (manifest.parent / "weights" / "m.safetensors").exists()
 
     good = manifest_entry.build_entry(weights, {"heldout": _report(1.5, 1.2)}, "m", photos)
     assert "repo_id" not in good and "revision" not in good  # bundled only: the sha256 pins it
-    assert manifest_entry.apply(good, weights, manifest, 1.0) is None
+    assert manifest_entry.apply(good, weights, manifest, 0.0) is None
     data = json.loads(manifest.read_text())
     assert data["default"] == "m" and data["models"][0]["sha256"] == good["sha256"]
     assert (manifest.parent / "weights" / "m.safetensors").read_bytes() == weights.read_bytes()
     assert load_manifest(manifest).entry().sha256 == good["sha256"]  # msdn itself accepts the result
 
     odd = {**good, "licence_note": "x"}  # a field the manifest schema does not know is refused, not written
-    assert "unknown field 'licence_note'" in manifest_entry.apply(odd, weights, manifest, 1.0)
+    assert "unknown field 'licence_note'" in manifest_entry.apply(odd, weights, manifest, 0.0)
     assert json.loads(manifest.read_text()) == data
 
 
@@ -359,3 +366,30 @@ def test_fork_adds_a_fresh_critic_to_a_psnr_run(tmp_path: Path) -> None:
     assert all(math.isfinite(e["loss_d"]) and "adv" in e for e in steps)
     after = load_training_checkpoint(run)
     assert after["opt_d"]["state"] and after["sched_d"]["last_epoch"] == base["step"] + 2
+
+
+def test_gpu_burst_dry_run_on_cpu_brings_back_a_small_resumable_checkpoint(tmp_path: Path) -> None:
+    """The burst's one command, on CPU for 2 steps: the same fork, `msdn train --resume` and slimming."""
+    from deblur_cli import train as T
+    from deblur_cli.checkpoint import load_training_checkpoint
+
+    gpu_burst = importlib.import_module("gpu_burst")
+    config, base = _run_killed_at_step_3(tmp_path)
+    out = tmp_path / "out"
+    code = gpu_burst.main([str(tmp_path / "base"), str(out), "--device", "cpu", "--amp", "none", "--batch", "3",
+                           "--steps", "2", "--render-workers", "1", "--lr", "3e-4", "--minutes", "5",
+                           "--data", config.data, "--val-data", config.data, "--val-every", "1"])
+    assert code == 0, (out / "train.log").read_text()
+    back = load_training_checkpoint(out)
+    assert back["step"] == base["step"] + 2 and back["opt_g"]["state"] == {}
+    assert back["train_config"]["batch_size"] == 3 and back["train_config"]["render_workers"] == 1
+    assert (out / "best.safetensors").is_file() and '"event": "val"' in (out / "metrics.jsonl").read_text()
+    assert sorted(p.name for p in out.iterdir()) == ["best.safetensors", "last.pt", "metrics.jsonl", "train.log"]
+    run = tmp_path / "merged"  # merged back on CPU as the docstring says
+    run.mkdir()
+    merged = fork_run.fork(back, {"batch_size": 2, "render_workers": 0, "checkpoint_dir": str(run),
+                                  "steps": back["step"] + 1})
+    torch.save(merged, run / "last.pt")
+    events: list[dict] = []
+    T.train(None, resume=run, callback=events.append)
+    assert [e["step"] for e in events if e["event"] == "step"] == [back["step"] + 1]

@@ -185,3 +185,17 @@ def test_real_blur_pairs_are_centre_crops_of_a_paired_folder(tmp_path: Path) -> 
     (empty / "sharp").mkdir()
     with pytest.raises(MsdnError):
         real_pairs(str(empty), 64)
+
+
+def test_render_workers_give_exactly_the_batches_of_the_training_process(photos: list[Sample]) -> None:
+    from deblur_cli.trainconfig import TrainConfig
+    from deblur_cli.trainingdata import StepBatches, rendered
+
+    config = TrainConfig(data=".", batch_size=2, crop=32, blur_strength=(1.0, 6.0), frame_share=0.5)
+    batches = StepBatches(S.PhotoBank(photos), config, seed=5, total=7)
+    here = list(rendered(batches, 3, workers=0))
+    ahead = list(rendered(batches, 3, workers=2))
+    assert len(here) == len(ahead) == 4 and here[0][0].shape == (2, 3, 32, 32)
+    for (b0, s0), (b1, s1) in zip(here, ahead):
+        assert torch.equal(b0, b1) and torch.equal(s0, s1)
+    assert not torch.equal(here[0][0], here[1][0])  # each step its own batch

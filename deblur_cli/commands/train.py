@@ -81,6 +81,8 @@ _TABLE: list[tuple[str, type, str]] = [
     ("channels_last:--channels-last/--no-channels-last", bool, "NHWC memory layout (oneDNN and cuDNN run it faster) "
                                                                "(default: on)."),
     ("workers", int, "DataLoader worker processes (data on disk)."),
+    ("render_workers", int, "Processes rendering synthetic-blur batches ahead of the training step, for a GPU the "
+                            "training process alone cannot keep busy (default: 0, render in the training process)."),
     ("seed", int, "Random seed."),
 ]
 TRAIN_OPTIONS = [option(key.split(":")[0], kind, typer.Option(None, "--" + key.split(":")[0].replace("_", "-")
