@@ -55,6 +55,7 @@ class Row:
     seconds: float
     psnr_aligned: float | None = None  # after the best integer shift within --align pixels
     ssim_aligned: float | None = None
+    grad_ratio: float = math.nan  # mean gradient over the sharp image's: below the input's = texture removed
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,7 @@ class Summary:
     seconds: float
     psnr_aligned: float | None = None
     ssim_aligned: float | None = None
+    grad_ratio: float = math.nan
 
 
 # A table line: its label, the image count (None on per-image lines), and each model's scores.
@@ -129,7 +131,7 @@ def _summarise(model: str, group: str | None, rows: Sequence[Row]) -> Summary:
     mean = (lambda values: sum(values) / n) if len(aligned) == n else (lambda values: None)  # noqa: E731
     return Summary(model, group, n, sum(r.psnr for r in rows) / n, sum(r.ssim for r in rows) / n,
                    sum(r.seconds for r in rows) / n, mean([r.psnr_aligned for r in aligned]),
-                   mean([r.ssim_aligned for r in aligned]))
+                   mean([r.ssim_aligned for r in aligned]), sum(r.grad_ratio for r in rows) / n)
 
 
 # --- evaluation ----------------------------------------------------------------------------------
@@ -289,8 +291,9 @@ def evaluate(
             if align > 0:
                 pred, ref = metrics.align(scored, target, align)
                 aligned = metrics.psnr(pred, ref).item(), metrics.ssim(pred, ref).item()
+            grad = (metrics.gradient(scored) / metrics.gradient(target).clamp_min(1e-6)).item()
             report.rows.append(Row(contender.label, pair.group, pair.name, metrics.psnr(scored, target).item(),
-                                   metrics.ssim(scored, target).item(), seconds, *aligned))
+                                   metrics.ssim(scored, target).item(), seconds, *aligned, grad))
             if save_dir is not None and contender.model is not None:
                 out_path, strip_path = output_paths(save_dir, contender.label, pair)
                 try:
@@ -351,7 +354,7 @@ def write_json(report: Report, path: Path) -> None:
     atomic_write_bytes(Path(path), (json.dumps(report_dict(report), indent=2, allow_nan=False) + "\n").encode())
 
 
-CSV_COLUMNS = ("model", "group", "name", "psnr", "ssim", "seconds", "psnr_aligned", "ssim_aligned")
+CSV_COLUMNS = ("model", "group", "name", "psnr", "ssim", "seconds", "psnr_aligned", "ssim_aligned", "grad_ratio")
 
 
 def write_csv(report: Report, path: Path) -> None:
@@ -362,5 +365,5 @@ def write_csv(report: Report, path: Path) -> None:
     for r in report.rows:
         writer.writerow([r.model, r.group, r.name, repr(r.psnr), repr(r.ssim), f"{r.seconds:.4f}",
                          "" if r.psnr_aligned is None else repr(r.psnr_aligned),
-                         "" if r.ssim_aligned is None else repr(r.ssim_aligned)])
+                         "" if r.ssim_aligned is None else repr(r.ssim_aligned), repr(r.grad_ratio)])
     atomic_write_bytes(Path(path), buf.getvalue().encode())

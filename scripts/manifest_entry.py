@@ -56,6 +56,8 @@ def level_table(report: dict) -> dict[str, dict[str, float]]:
             row |= {"blur_psnr_aligned": base["psnr_aligned"], "psnr_aligned": out["psnr_aligned"],
                     "gain_db_aligned": out["psnr_aligned"] - base["psnr_aligned"],
                     "blur_ssim_aligned": base["ssim_aligned"], "ssim_aligned": out["ssim_aligned"]}
+        if out.get("grad_ratio") is not None and base.get("grad_ratio") is not None:
+            row |= {"blur_grad_ratio": base["grad_ratio"], "grad_ratio": out["grad_ratio"]}  # texture vs the sharp
         table[level] = row
     return table
 

@@ -242,7 +242,7 @@ def test_gopro_eval_matches_skimage_and_reports(tmp_path: Path) -> None:
     with cs.open() as f:
         csv_rows = list(csv.DictReader(f))
     assert [tuple(r) for r in csv_rows[:1]] == [("model", "group", "name", "psnr", "ssim", "seconds", "psnr_aligned",
-                                                 "ssim_aligned")]
+                                                 "ssim_aligned", "grad_ratio")]
     assert all(r["psnr_aligned"] == "" for r in csv_rows)  # no --align: no aligned scores
     assert len(csv_rows) == 6
     for r in csv_rows:
@@ -283,6 +283,25 @@ def test_align_scores_the_best_shift_like_skimage(tmp_path: Path) -> None:
     assert "aligned within 4 px" in result.output and f"{row.psnr_aligned:.2f}" in result.output
     with pytest.raises(MsdnError, match="--align must be 0 or more"):
         evaluate(discover(root), [Contender("identity", None)], align=-1)
+
+
+def test_gradient_ratio_is_the_output_texture_over_the_sharp_images(tmp_path: Path) -> None:
+    """A box-blurred input keeps a fraction of the sharp photo's gradient; numpy gives the same figure."""
+    root = tmp_path / "p"
+    sharp = sharp_crop(0, h=60, w=70)
+    blurred = np.stack([np.apply_along_axis(lambda row: np.convolve(row, np.ones(5) / 5, "same"), 1, sharp[..., c])
+                        for c in range(3)], -1).round().clip(0, 255).astype(np.uint8)
+    write(root / "sharp" / "a.png", sharp)
+    write(root / "blur" / "a.png", blurred)
+
+    def grad(x: np.ndarray) -> float:
+        x = x.astype(float)
+        return np.abs(np.diff(x, axis=1)).mean() + np.abs(np.diff(x, axis=0)).mean()
+
+    (row,) = evaluate(discover(root), [Contender("identity", None)]).rows
+    assert row.grad_ratio == pytest.approx(grad(blurred) / grad(sharp), rel=1e-5) and 0.2 < row.grad_ratio < 0.9
+    result = run("eval", root, "--baseline", "identity")
+    assert result.exit_code == 0 and "grad" in result.output and f"{row.grad_ratio:.3f}" in result.output
 
 
 def test_kohler_groups_and_identity_baseline(tmp_path: Path) -> None:

@@ -18,8 +18,8 @@ def _fmt(value: float | None, digits: int) -> str:
 
 def _eval_table(title: str, labels: list[str], rows: list[tuple[str, int | None, dict[str, Any]]],
                 gain_over: str | None, aligned: bool = False) -> Any:
-    """One line per entry, one PSNR/SSIM/seconds column group per model (+ dB gain over the baseline;
-    + aligned PSNR/SSIM and their gain with --align)."""
+    """One line per entry, one PSNR/SSIM/gradient-ratio/seconds column group per model (+ dB gain over
+    the baseline; + aligned PSNR/SSIM and their gain with --align)."""
     from rich.table import Table
 
     table = Table(title=title, title_justify="left")
@@ -29,6 +29,7 @@ def _eval_table(title: str, labels: list[str], rows: list[tuple[str, int | None,
     for label in labels:
         table.add_column(f"{label}\nPSNR", **number)
         table.add_column("SSIM", **number)
+        table.add_column("grad\nratio", **number)
         if gain_over is not None and label != gain_over:
             table.add_column("gain dB", **number)
         if aligned:
@@ -43,7 +44,7 @@ def _eval_table(title: str, labels: list[str], rows: list[tuple[str, int | None,
         base = scores.get(gain_over)
         for label in labels:
             s = scores[label]
-            cells += [_fmt(s.psnr, 2), _fmt(s.ssim, 4)]
+            cells += [_fmt(s.psnr, 2), _fmt(s.ssim, 4), _fmt(s.grad_ratio, 3)]
             if gain_over is not None and label != gain_over:
                 cells.append(_fmt(s.psnr - base.psnr, 2) if base is not None else "-")
             if aligned:
