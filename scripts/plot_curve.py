@@ -20,8 +20,13 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-GROUPS = ("train", "held-out")
-LEVELS = ("mild", "medium", "strong", "extreme")
+GROUPS = ("train", "held-out", "frames-held-out", "real")  # validation's groups; runs before 2026-12 have two
+LEVELS = ("mild", "medium", "strong", "extreme", "all")  # "all": the real-blur pairs have one level
+
+
+def shown_groups(points: list[dict[str, float]]) -> list[str]:
+    """The groups some validation of the run scored (a run predating a group leaves it out)."""
+    return [g for g in GROUPS if any(k.startswith(g + "/") for p in points for k in p)]
 
 
 def read_curve(lines: list[str], batch: int) -> list[dict[str, float]]:
@@ -44,8 +49,10 @@ def read_curve(lines: list[str], batch: int) -> list[dict[str, float]]:
 def table(points: list[dict[str, float]], metric: str = "psnr_aligned") -> str:
     """Markdown: `metric`'s gain (dB) per level, training families then the held-out family; only
     the validations that scored it (psnr_pooled exists from session 3 on)."""
-    head = ["step", "hours"] + [f"{g} {lv}" for g in GROUPS for lv in LEVELS] + [f"{g} mean" for g in GROUPS]
-    keys = [f"{g}/{lv}/{metric}_gain" for g in GROUPS for lv in LEVELS] + [f"{g}/{metric}_gain" for g in GROUPS]
+    groups = shown_groups(points)
+    levels = [(g, lv) for g in groups for lv in LEVELS if any(f"{g}/{lv}/{metric}_gain" in p for p in points)]
+    head = ["step", "hours"] + [f"{g} {lv}" for g, lv in levels] + [f"{g} mean" for g in groups]
+    keys = [f"{g}/{lv}/{metric}_gain" for g, lv in levels] + [f"{g}/{metric}_gain" for g in groups]
     lines = ["| " + " | ".join(head) + " |", "|" + "---:|" * len(head)]
     for p in (p for p in points if any(k in p for k in keys)):
         cells = [str(p["step"]), f"{p['hours']:.2f}"] + [f"{p[k]:+.2f}" if k in p else "" for k in keys]
@@ -65,8 +72,10 @@ def plot(points: list[dict[str, float]], path: Path, others: dict[str, list[dict
         shown = [p for p in run if key in p]
         ax.plot([p["step"] for p in shown], [p[key] for p in shown], *style, **kwargs)
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.6), sharey=True)
-    for ax, group in zip(axes, GROUPS):
+    groups = shown_groups(points)
+    fig, axes = plt.subplots(1, len(groups), figsize=(5.5 * len(groups), 4.6), sharey=True, squeeze=False)
+    axes = axes[0]
+    for ax, group in zip(axes, groups):
         for level in LEVELS:
             line(ax, points, f"{group}/{level}/psnr_pooled_gain", linewidth=1, label=f"{level}, pooled")
         line(ax, points, f"{group}/psnr_aligned_gain", "-", color="grey", linewidth=1, label="mean of crops")
@@ -75,7 +84,7 @@ def plot(points: list[dict[str, float]], path: Path, others: dict[str, list[dict
         for name, run, style in [("this run", points, "k-"), *compared]:
             line(ax, run, f"{group}/psnr_pooled_gain", style, linewidth=2, label=f"pooled (as whole photos), {name}")
         ax.axhline(0, color="grey", linewidth=0.5)
-        ax.set_title(f"{group} blur families")
+        ax.set_title("real camera blur (REDS)" if group == "real" else f"{group} blur families")
         ax.set_xlabel("training step (batch 16)")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("aligned PSNR gain over the blurred input (dB)")

@@ -27,6 +27,11 @@ def test_curve_counts_training_and_validation_time() -> None:
     assert text.splitlines()[2].startswith("| 2 | 0.01 |") and "+0.25" in text and "+0.50" in text
     assert "| 3 |" in text and "+0.75" in text
     assert plot_curve.table(points, "psnr_pooled").count("\n") == 1  # no validation scored it: header only
+    assert text.splitlines()[0] == "| step | hours | held-out mild | train mean | held-out mean |"  # groups it scored
+    points.append({"step": 4, "hours": 1.0, "frames-held-out/psnr_aligned_gain": 0.3,
+                   "real/all/psnr_aligned_gain": 0.1, "real/psnr_aligned_gain": 0.1})
+    assert plot_curve.table(points).splitlines()[0] == ("| step | hours | held-out mild | real all | train mean | "
+                                                       "held-out mean | frames-held-out mean | real mean |")
 
 
 def test_missing_log_is_an_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
