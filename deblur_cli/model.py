@@ -55,6 +55,7 @@ class MSDNConfig:
     pyramid: bool = True  # False = the paper's "DN" ablation
     pyramid_pools: tuple[int, ...] = (2, 4, 8, 16)  # average-pool kernel sizes at the bottleneck
     dropout: float = 0.2
+    scales: int = 1  # coarse-to-fine passes of the same weights (SRN-DeblurNet): 1/2^(scales-1) .. full
 
     def __post_init__(self) -> None:
         if len(self.encoder_layers) != len(self.decoder_layers):
@@ -63,6 +64,8 @@ class MSDNConfig:
             raise ValueError("pyramid=True needs at least one pooling scale")
         if self.space_to_depth < 1 or self.growth_rate < 1 or self.stem_channels < 1:
             raise ValueError("space_to_depth, growth_rate and stem_channels must be positive")
+        if not 1 <= self.scales <= 4:
+            raise ValueError("scales must be 1..4")
 
     @property
     def levels(self) -> int:
@@ -70,8 +73,8 @@ class MSDNConfig:
 
     @property
     def size_multiple(self) -> int:
-        """Inputs are padded to a multiple of this so every pooling and upsampling is exact."""
-        return self.space_to_depth * 2**self.levels
+        """Inputs are padded to a multiple of this so every pooling and upsampling is exact (at every scale)."""
+        return self.space_to_depth * 2**self.levels * 2**(self.scales - 1)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -238,7 +241,21 @@ class MSDN(nn.Module):
         h, w = x.shape[-2:]
         padded = pad_to_multiple(x, cfg.size_multiple)
 
-        y = self.stem(F.pixel_unshuffle(padded, cfg.space_to_depth))
+        # coarse to fine (SRN-DeblurNet; Nah et al.): the same weights at 1/2^(scales-1) .. full
+        # scale. Each finer pass starts from its blurred input plus the coarser pass's correction,
+        # upsampled: a 60 px blur is 15 px at quarter scale, where the network does well.
+        out = coarse = None
+        for level in reversed(range(cfg.scales)):
+            blurred = F.avg_pool2d(padded, 2**level) if level else padded  # (B, 3, H/2^l, W/2^l)
+            start = blurred if out is None else blurred + F.interpolate(
+                out - coarse, scale_factor=2, mode="bilinear", align_corners=False)
+            out, coarse = self.restore(start), blurred
+        return out[..., :h, :w].clamp(0.0, 1.0)
+
+    def restore(self, x: Tensor) -> Tensor:
+        """One pass at one scale: (B, 3, h, w), sides multiples of the one-scale multiple -> x + residual."""
+        cfg = self.config
+        y = self.stem(F.pixel_unshuffle(x, cfg.space_to_depth))
         skips = []
         for block, down in zip(self.encoder, self.down):
             y = block(y)
@@ -247,9 +264,7 @@ class MSDN(nn.Module):
         y = self.pyramid(self.bottleneck(y))
         for up, block, skip in zip(self.up, self.decoder, reversed(skips)):
             y = block(torch.cat([up(y), skip], dim=1))
-        residual = F.pixel_shuffle(self.head(y), cfg.space_to_depth)
-
-        return (padded + residual)[..., :h, :w].clamp(0.0, 1.0)
+        return x + F.pixel_shuffle(self.head(y), cfg.space_to_depth)
 
 
 def pad_to_multiple(x: Tensor, multiple: int) -> Tensor:

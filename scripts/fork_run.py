@@ -27,6 +27,7 @@ from deblur_cli.trainconfig import TrainConfig
 from deblur_cli.trainstep import build_nets, lr_schedule
 
 TRAIN_FIELDS = frozenset(f.name for f in dataclasses.fields(TrainConfig))  # a stored config may predate some
+MODEL_FIELDS = frozenset(f.name for f in dataclasses.fields(MSDNConfig))
 
 
 def fork(checkpoint: dict, changes: dict) -> dict:
@@ -34,7 +35,7 @@ def fork(checkpoint: dict, changes: dict) -> dict:
     reset = bool(changes.pop("reset_optimizer", False))
     train, model = dict(checkpoint["train_config"]), dict(checkpoint["model_config"])
     for key, value in changes.items():
-        target = train if key in train or key in TRAIN_FIELDS else model if key in model else None
+        target = train if key in train or key in TRAIN_FIELDS else model if key in model or key in MODEL_FIELDS else None
         if target is None:
             raise SystemExit(f"error: {key!r} is neither a train_config nor a model_config field")
         target[key] = tuple(value) if isinstance(value, list) else value

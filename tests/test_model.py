@@ -157,3 +157,25 @@ def test_dn_ablation_drops_only_the_pyramid():
     msdn, dn = MSDN(MSDNConfig()), MSDN(MSDNConfig(pyramid=False))
     assert isinstance(dn.pyramid, nn.Identity)
     assert count_parameters(dn) < count_parameters(msdn)
+
+
+def test_scale_recurrence_shares_weights_and_runs_coarse_to_fine():
+    """scales=2: the same weights at half then full scale; the full pass starts from its blurred
+    input plus the half pass's correction, upsampled. No new parameters; identity at initialisation."""
+    two = dataclasses.replace(TINY, scales=2)
+    one_net, two_net = MSDN(TINY).eval(), MSDN(two).eval()  # eval: no dropout
+    assert count_parameters(one_net) == count_parameters(two_net) and two.size_multiple == 2 * TINY.size_multiple
+    x = torch.rand(1, 3, 2 * two.size_multiple, 3 * two.size_multiple)
+    assert torch.equal(two_net(x), x)  # zero head: every pass is the identity
+    torch.manual_seed(0)
+    for p in one_net.parameters():
+        nn.init.normal_(p, std=0.05)
+    two_net.load_state_dict(one_net.state_dict())
+    half = torch.nn.functional.avg_pool2d(x, 2)
+    correction = one_net.restore(half) - half
+    start = x + torch.nn.functional.interpolate(correction, scale_factor=2, mode="bilinear", align_corners=False)
+    expected = one_net.restore(start).clamp(0, 1)
+    assert torch.allclose(two_net(x), expected, atol=1e-6) and not torch.allclose(two_net(x), one_net(x), atol=1e-3)
+    assert MSDNConfig.from_dict({k: v for k, v in TINY.to_dict().items() if k != "scales"}) == TINY  # older files
+    with pytest.raises(ValueError, match="scales must be 1..4"):
+        dataclasses.replace(TINY, scales=0)

@@ -294,13 +294,14 @@ def test_cli_resume_keeps_the_runs_settings_and_says_what_a_flag_changes(
     run, export = tmp_path / "run", tmp_path / "g.safetensors"
     monkeypatch.chdir(photos.parent)  # a relative --data, stored resolved
     first = _cli("train", "--data", photos.name, "--synthetic-blur", "--steps", "3", "--crop", "32", "--batch-size",
-                 "2", "--growth-rate", "4", "--stem-channels", "8", "--workers", "0", "--device", "cpu",
+                 "2", "--growth-rate", "4", "--stem-channels", "8", "--scales", "2", "--workers", "0", "--device", "cpu",
                  "--blur-strength", "1,4", "--val-fraction", "0.25", "--checkpoint-dir", run, "--export", export,
                  "--checkpoint-every", "1", "--val-every", "2", "--max-minutes", "1e-9")
     assert first.exit_code == 0, first.output
     assert "step 1/3" in first.stderr and "\x1b" not in first.stderr  # plain log lines without a terminal
     stored = load_training_checkpoint(run)["train_config"]
     assert stored["data"] == str(photos.resolve()) and stored["export"] == str(export)
+    assert load_training_checkpoint(run)["model_config"]["scales"] == 2
     stale = run / ".last.tmp-4194303-abcdefgh.pt"  # a checkpoint write killed by SIGKILL
     stale.write_bytes(b"half a checkpoint")
 

@@ -66,6 +66,7 @@ _TABLE: list[tuple[str, type, str]] = [
     ("stem_channels", int, "Generator stem channels (default: 32)."),
     ("dropout", float, "Dropout of every dense and down layer (cpu: 0, paper: 0.2 as in the paper)."),
     ("no_pyramid", bool, "Drop the multi-scale module (the paper's DN ablation)."),
+    ("scales", int, "Coarse-to-fine passes of the same weights (1/4, 1/2, full for 3), as SRN-DeblurNet (default: 1)."),
     ("checkpoint_dir", Path, "Run folder (checkpoints, metrics.jsonl, best weights) (default: runs/msdn, or the "
                              "--resume folder)."),
     ("checkpoint_every", int, "Steps between checkpoints (default: 1000)."),
@@ -89,7 +90,7 @@ TRAIN_OPTIONS = [option(key.split(":")[0], kind, typer.Option(None, "--" + key.s
                                                               if ":" not in key else key.split(":")[1], help=text))
                  for key, kind, text in _TABLE]
 NETWORK = {"growth_rate": "growth_rate", "stem_channels": "stem_channels", "dropout": "dropout",
-           "no_pyramid": "pyramid"}  # option -> MSDNConfig field
+           "no_pyramid": "pyramid", "scales": "scales"}  # option -> MSDNConfig field
 RENAMED = {"compile_model": "compile"}  # option -> TrainConfig field, where the names differ
 NOT_CONFIG = ("recipe", "resume", *NETWORK)
 
