@@ -105,7 +105,21 @@ def test_input_is_never_overwritten(tmp_path: Path, weights: Path, spelling: str
     assert src.read_bytes() == before
 
 
-def test_no_weights_gives_the_clear_message(tmp_path: Path) -> None:
+def test_default_model_deblurs_offline_without_weights(tmp_path: Path) -> None:
+    """A fresh clone: no --weights, no network; the bundled default model changes the photo."""
+    src = _photo(tmp_path / "a.png")
+    code, out = run("deblur", src, "--offline", *FAST)
+    assert code == 0, out
+    result = np.asarray(Image.open(tmp_path / "a_deblurred.png")).astype(int)
+    assert result.shape == (70, 90, 3) and np.abs(result - np.asarray(Image.open(src)).astype(int)).mean() > 0.5
+
+
+def test_no_default_model_gives_the_clear_message(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from deblur_cli import manifest
+
+    empty = tmp_path / "weights_manifest.json"
+    empty.write_text('{"schema_version": 1, "default": null, "models": []}')
+    monkeypatch.setattr(manifest, "MANIFEST_PATH", empty)
     src = _photo(tmp_path / "a.png")
     code, out = run("deblur", src, "--offline", *FAST)
     assert code == 1

@@ -119,14 +119,24 @@ def valid_entry() -> dict:
 # ---------------------------------------------------------------------------------------------
 
 
-def test_shipped_manifest_lists_no_models_and_root_file_links_to_it():
+def test_shipped_default_model_is_bundled_pinned_and_loads_offline(monkeypatch):
+    """A fresh clone deblurs with no --weights and no network: the default model is a file inside the
+    package whose sha256 and size the manifest pins, with its measured gain in every eval group."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     shipped = mf.load_manifest()
-    assert shipped.default is None and shipped.models == ()
+    entry = shipped.entry()
+    assert shipped.default == entry.name == "msdn-photos"
+    bundled = ROOT / "deblur_cli" / "weights" / entry.filename
+    assert bundled.stat().st_size == entry.size_bytes < 25 * 10**6 and wf.sha256_file(bundled) == entry.sha256
+    gains = {k: v for k, v in entry.metrics.items() if k.endswith("_overall_gain_db_aligned")}
+    assert set(gains) == {f"{g}_overall_gain_db_aligned" for g in ("train", "heldout", "frames_heldout", "real")}
+    assert all(v > 0 for v in gains.values())  # the shipping rule of scripts/manifest_entry.py
+    model = w.load_generator()
+    assert model.config == entry.config and any(p.abs().sum() > 0 for p in model.head.parameters())  # trained
+    assert (ROOT / "docs" / "MODEL_CARD.md").read_text().count(f"{gains['real_overall_gain_db_aligned']:+.2f}") >= 1
     root = ROOT / "weights_manifest.json"
     assert root.is_symlink() and not os.path.isabs(os.readlink(root))
     assert root.resolve() == (ROOT / "deblur_cli" / "weights_manifest.json").resolve()
-    with pytest.raises(MsdnError, match="--weights PATH"):
-        w.load_generator()
 
 
 def test_valid_manifest_round_trips():

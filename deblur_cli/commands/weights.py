@@ -26,6 +26,15 @@ def _metrics_text(metrics: dict[str, float]) -> str:
     return ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()) or "-"
 
 
+HEADLINE = "_overall_gain_db_aligned"  # scripts/manifest_entry.py's key per eval group
+
+
+def _headline(metrics: dict[str, float]) -> str:
+    """The aligned gain per eval group (the list's one line per model); `weights info` shows the rest."""
+    gains = [f"{k.removesuffix(HEADLINE)} {v:+.2f}" for k, v in metrics.items() if k.endswith(HEADLINE)]
+    return f"aligned gain dB: {', '.join(gains)}" if gains else _metrics_text(dict(list(metrics.items())[:3]))
+
+
 @contextlib.contextmanager
 def _byte_progress(label: str) -> Iterator[Callable[[int, int], None]]:
     """A rich download bar bound to the library's progress(done, total) callback."""
@@ -60,7 +69,7 @@ def weights_list() -> None:
     for entry in manifest.models:
         local = ", ".join(local_copies(entry, settings)) or "-"
         table.add_row(entry.name, "*" if entry.name == manifest.default else "", _size(entry.size_bytes), local,
-                      _metrics_text(entry.metrics), entry.description)
+                      _headline(entry.metrics), entry.description)
     Console().print(table)
 
 
