@@ -12,24 +12,24 @@ from pathlib import Path
 from typing import Any
 
 from deblur_cli.errors import MsdnError
-from deblur_cli.model import MSDNConfig
+from deblur_cli.architectures import GeneratorConfig, config_from_dict
 
 CONFIG_KEY = "msdn_config"
 
 
-def config_from(data: Any, source: str) -> MSDNConfig:
+def config_from(data: Any, source: str) -> GeneratorConfig:
     """A config from JSON text or a mapping (bare, or under CONFIG_KEY); `source` names it in errors."""
     try:
         if isinstance(data, str):
-            return MSDNConfig.from_json(data)
+            data = json.loads(data)
         if isinstance(data, Mapping):
-            return MSDNConfig.from_dict(dict(data.get(CONFIG_KEY, data)))
+            return config_from_dict(dict(data.get(CONFIG_KEY, data)))
     except (ValueError, TypeError) as exc:
         raise MsdnError(f"{source} holds an invalid model config: {exc}") from None
     raise MsdnError(f"{source} holds no model config")
 
 
-def config_json(config: MSDNConfig) -> bytes:
+def config_json(config: GeneratorConfig) -> bytes:
     """The config.json written beside a weight file (what `sibling_config` reads back)."""
     return (json.dumps({CONFIG_KEY: config.to_dict()}, indent=2, sort_keys=True) + "\n").encode()
 
@@ -44,7 +44,7 @@ def side_files(weights: Path) -> tuple[Path, Path]:
     return weights.with_name(f"{weights.stem}.config.json"), weights.with_name(f"{weights.stem}.md")
 
 
-def sibling_config(path: Path) -> MSDNConfig | None:
+def sibling_config(path: Path) -> GeneratorConfig | None:
     """`X.config.json` (as `export` writes it), else a `config.json` as in a Hub repository."""
     sibling = next((p for p in (side_files(path)[0], path.with_name("config.json")) if p.is_file()), None)
     if sibling is None:

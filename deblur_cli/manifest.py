@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from deblur_cli.errors import MsdnError
-from deblur_cli.model import MSDNConfig
+from deblur_cli.architectures import GeneratorConfig, config_from_dict
 
 MANIFEST_SCHEMA_VERSION = 1
 # Read at call time (a module attribute) so tests can point it at a temporary copy.
@@ -38,7 +38,7 @@ class ModelEntry:
     format: str
     sha256: str
     size_bytes: int
-    config: MSDNConfig
+    config: GeneratorConfig
     tile: int
     overlap: int
     license: str
@@ -144,9 +144,9 @@ def _parse_entry(data: Any, where: str) -> ModelEntry:
     if data["size_bytes"] <= 0:
         raise _Invalid(f"{where}.size_bytes must be positive")
     try:
-        config = MSDNConfig.from_dict(data["config"])
+        config = config_from_dict(data["config"])
     except (ValueError, TypeError) as exc:
-        raise _Invalid(f"{where}.config does not build an MSDNConfig: {exc}") from None
+        raise _Invalid(f"{where}.config does not build a generator config: {exc}") from None
     tile, overlap = data["tile"], data["overlap"]
     if tile <= 0 or tile % config.size_multiple:
         raise _Invalid(f"{where}.tile must be a positive multiple of {config.size_multiple}, got {tile}")

@@ -21,12 +21,16 @@ from deblur_cli.errors import MsdnError, first_line
 from deblur_cli.files import atomic_write_bytes, remove_stale_temps
 from deblur_cli.hub import HubSettings, hub_settings
 from deblur_cli.manifest import COMMIT_HASH, REPO_ID
-from deblur_cli.model import MSDN, MSDNConfig
+from deblur_cli.architectures import GeneratorConfig, arch_of, build
 from deblur_cli.tiling import model_tiling
 from deblur_cli.weightfile import check_state, load_weights_file, read_config, read_metadata, save_weights, sha256_file
 
+NETWORK_NAMES = {"msdn": "MSDN (Multi-Scale Dense Network, Song & Wu 2019)",
+                 "dn": "DN (MSDN without its multi-scale module, Song & Wu 2019)",
+                 "deblurgan": "DeblurGAN's (Kupyn et al. 2018)"}
 
-def model_card(name: str, config: MSDNConfig, metrics: Mapping[str, float], *, filename: str,
+
+def model_card(name: str, config: GeneratorConfig, metrics: Mapping[str, float], *, filename: str,
                step: int | None = None, license: str = "mit", training_data: str = "") -> str:
     """A Hub model card (README.md) so the repository documents itself."""
     rows = "\n".join(f"| {k} | {v:.4g} |" for k, v in metrics.items()) or "| (none recorded) | |"
@@ -41,11 +45,11 @@ tags:
 
 # {name}
 
-MSDN (Multi-Scale Dense Network, Song & Wu 2019) generator for removing motion blur from photographs,
+{NETWORK_NAMES[arch_of(config)]} generator for removing motion blur from photographs,
 for the `msdn` command line tool.
 
 - File: `{filename}` (safetensors; the model config is in its metadata and in `config.json`)
-- Parameters: {sum(p.numel() for p in MSDN(config).parameters()):,}
+- Parameters: {sum(p.numel() for p in build(config).parameters()):,}
 - Training step: {step if step is not None else "unknown"}
 - Training data: {training_data or "not recorded"}
 
@@ -69,7 +73,7 @@ msdn deblur photo.jpg -o sharp.png --weights {filename}
 """
 
 
-def entry_template(name: str, config: MSDNConfig, path: Path, metrics: Mapping[str, float], *,
+def entry_template(name: str, config: GeneratorConfig, path: Path, metrics: Mapping[str, float], *,
                    repo_id: str = "OWNER/REPO", revision: str = "<commit hash>", description: str = "",
                    license: str = "mit", training_data: str = "") -> dict[str, Any]:
     """The manifest entry for a weight file (revision filled in once pushed)."""

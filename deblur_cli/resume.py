@@ -24,6 +24,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
+from deblur_cli.architectures import arch_of
 from deblur_cli.errors import MsdnError
 
 PER_INVOCATION = ("max_minutes", "threads")
@@ -114,7 +115,11 @@ def merge(stored: Any, given: Mapping[str, Any], *, stored_model: Any = None,
         values[name] = value
         notices.append(f"{flag(name)} {show(value)} overrides the run's {show(base)}")
     for name, value in (given_model or {}).items():
-        if stored_model is not None and not _same(name, getattr(stored_model, name), value):
+        if stored_model is not None and name == "arch" and arch_of(stored_model) != value:
+            raise MsdnError(f"--arch cannot change on --resume (the run's network is {arch_of(stored_model)})")
+        if stored_model is not None and name != "arch" and not hasattr(stored_model, name):
+            raise MsdnError(f"{flag(name)} does not apply to the run's {arch_of(stored_model)} network")
+        if stored_model is not None and name != "arch" and not _same(name, getattr(stored_model, name), value):
             raise MsdnError(f"{flag(name)} cannot change on --resume (the run's network has "
                             f"{name.replace('_', ' ')} {show(getattr(stored_model, name))})")
     config = replace(stored, **values)

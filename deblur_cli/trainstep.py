@@ -18,7 +18,7 @@ from torch.optim.swa_utils import AveragedModel
 from deblur_cli import losses as L
 from deblur_cli.distributed import Dist
 from deblur_cli.inference import autocast
-from deblur_cli.model import MSDN, MSDNConfig
+from deblur_cli.architectures import GeneratorConfig, build
 from deblur_cli.schedules import cosine_factor, ema_update, lr_factor
 from deblur_cli.trainconfig import TrainConfig
 
@@ -29,7 +29,7 @@ ContentLoss = Callable[[Tensor, Tensor], Tensor]
 class Nets:
     """The networks of a run and everything a checkpoint restores with them."""
 
-    generator: MSDN
+    generator: nn.Module
     critic: L.PatchCritic | None
     opt_g: torch.optim.Adam
     sched_g: torch.optim.lr_scheduler.LambdaLR
@@ -42,7 +42,7 @@ class Nets:
     d_train: nn.Module | None = None
 
     @property
-    def shipped(self) -> MSDN:
+    def shipped(self) -> nn.Module:
         """What validation scores and export ships: the EMA (steadier than the last step), else the weights."""
         return self.ema.module if self.ema is not None else self.generator
 
@@ -69,10 +69,10 @@ def lr_schedule(config: TrainConfig, total: int) -> Callable[[int], float]:
     return lambda step: cosine_factor(step, total, config.warmup_steps, final)
 
 
-def build_nets(config: TrainConfig, model_config: MSDNConfig, device: torch.device, amp: str | None,
+def build_nets(config: TrainConfig, model_config: GeneratorConfig, device: torch.device, amp: str | None,
                 channels_last: bool, total: int) -> Nets:
     """The generator (and critic), their optimizers, schedules and AMP scalers, freshly initialised."""
-    generator = MSDN(model_config).to(device)
+    generator = build(model_config).to(device)
     critic = L.PatchCritic(config.critic_channels).to(device) if config.adv_weight > 0 else None
     if channels_last:
         generator = generator.to(memory_format=torch.channels_last)

@@ -22,13 +22,14 @@ from deblur_cli.checkpoint import load_checkpoint
 from deblur_cli.configfile import CONFIG_KEY, config_from, sibling_config
 from deblur_cli.errors import MsdnError, first_line
 from deblur_cli.files import atomic_write_bytes
-from deblur_cli.model import MSDN, MSDNConfig
+from deblur_cli.architectures import GeneratorConfig, build
+from deblur_cli.model import MSDNConfig
 
 MAX_LEVELS = 8  # bounds on a config read from a file, far above any MSDN worth running
 MAX_DENSE_LAYERS = 256
 
 
-def save_weights(path: Path, state_dict: dict[str, torch.Tensor], config: MSDNConfig,
+def save_weights(path: Path, state_dict: dict[str, torch.Tensor], config: GeneratorConfig,
                  metadata: dict[str, str] | None = None, dtype: torch.dtype | None = None) -> None:
     """Write a safetensors file atomically, with the config in its metadata so it rebuilds alone."""
     tensors = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().cpu().contiguous()
@@ -58,7 +59,7 @@ def read_metadata(path: Path) -> dict[str, str]:
         raise MsdnError(f"{path} is not a readable safetensors file ({exc})") from None
 
 
-def read_config(path: Path) -> MSDNConfig:
+def read_config(path: Path) -> GeneratorConfig:
     """The config from a file's metadata, else from a sibling config.json."""
     path = Path(path)
     meta = read_metadata(path)
@@ -82,7 +83,7 @@ def is_torch_file(path: Path) -> bool:
     return Path(path).suffix.lower() in (".pt", ".pth")
 
 
-def load_weights_file(path: Path) -> tuple[MSDNConfig, dict[str, torch.Tensor]]:
+def load_weights_file(path: Path) -> tuple[GeneratorConfig, dict[str, torch.Tensor]]:
     """Config and state dict from a safetensors file, or a `.pt/.pth` read with weights_only."""
     path = Path(path)
     if not path.is_file():
@@ -94,15 +95,15 @@ def load_weights_file(path: Path) -> tuple[MSDNConfig, dict[str, torch.Tensor]]:
     return config, load_safetensors(path)
 
 
-def build_generator(config: MSDNConfig, state_dict: dict[str, torch.Tensor]) -> MSDN:
-    """An MSDN with these weights (strict: a missing or misshapen key names itself).
+def build_generator(config: GeneratorConfig, state_dict: dict[str, torch.Tensor]) -> torch.nn.Module:
+    """The network of `config` with these weights (strict: a missing or misshapen key names itself).
 
     The shapes are checked on a storage-less ("meta") model first, so a config that would build an
     absurdly large network is refused before any memory is allocated for it; weights that are not
     finite floating-point numbers (which would turn every photo black) are refused too.
     """
     check_state(config, state_dict)
-    model = MSDN(config)
+    model = build(config)
     state = {k: v.float() if v.is_floating_point() else v for k, v in state_dict.items()}
     model.load_state_dict(state, strict=True)
     return model
@@ -112,15 +113,16 @@ def _first(keys: list[str], what: str) -> str:
     return f"{what} '{keys[0]}'" + (f" (+{len(keys) - 1} more)" if len(keys) > 1 else "")
 
 
-def check_state(config: MSDNConfig, state_dict: Mapping[str, torch.Tensor]) -> None:
+def check_state(config: GeneratorConfig, state_dict: Mapping[str, torch.Tensor]) -> None:
     """Refuse weights that do not fit `config`, or are not finite floats, without building the model."""
-    layers = sum(config.encoder_layers) + sum(config.decoder_layers) + config.bottleneck_layers
-    if config.levels > MAX_LEVELS or layers > MAX_DENSE_LAYERS or len(config.pyramid_pools) > MAX_LEVELS:
-        raise MsdnError(f"the model config asks for {config.levels} levels and {layers} dense layers; "
-                        f"an MSDN has at most {MAX_LEVELS} levels and {MAX_DENSE_LAYERS} dense layers")
+    if isinstance(config, MSDNConfig):  # DeblurGAN's config bounds itself
+        layers = sum(config.encoder_layers) + sum(config.decoder_layers) + config.bottleneck_layers
+        if config.levels > MAX_LEVELS or layers > MAX_DENSE_LAYERS or len(config.pyramid_pools) > MAX_LEVELS:
+            raise MsdnError(f"the model config asks for {config.levels} levels and {layers} dense layers; "
+                            f"an MSDN has at most {MAX_LEVELS} levels and {MAX_DENSE_LAYERS} dense layers")
     try:
         with torch.device("meta"):
-            expected = MSDN(config).state_dict()
+            expected = build(config).state_dict()
     except (ValueError, TypeError, RuntimeError) as exc:
         raise MsdnError(f"the model config does not build an MSDN: {first_line(exc)}") from None
     for key, want in expected.items():  # network order, so the first misfit named is the earliest layer

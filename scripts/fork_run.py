@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from deblur_cli.checkpoint import CHECKPOINT, load_training_checkpoint, save_checkpoint
+from deblur_cli.architectures import config_from_dict
 from deblur_cli.model import MSDNConfig
 from deblur_cli.trainconfig import TrainConfig
 from deblur_cli.trainstep import build_nets, lr_schedule
@@ -56,7 +57,7 @@ def fork(checkpoint: dict, changes: dict) -> dict:
 
 def _fresh_critic(checkpoint: dict, config: TrainConfig) -> dict:
     """The critic's parts of a run that never had one: new weights and Adam, its lr schedule where the generator's is."""
-    model = MSDNConfig.from_dict(checkpoint["model_config"])
+    model = config_from_dict(checkpoint["model_config"])
     torch.manual_seed(config.seed)  # the same fork command gives the same critic
     nets = build_nets(config, model, torch.device("cpu"), None, False, config.steps or checkpoint["total_steps"])
     lr = checkpoint["sched_g"]["_last_lr"]

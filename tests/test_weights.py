@@ -154,7 +154,7 @@ def test_valid_manifest_round_trips():
     (lambda e: e.update(size_bytes=0), "size_bytes must be positive"),
     (lambda e: e.pop("license"), "missing the field 'license'"),
     (lambda e: e.update(licence="mit"), "unknown field 'licence'"),
-    (lambda e: e["config"].update(growth=4), "config does not build an MSDNConfig: unknown MSDN config keys: growth"),
+    (lambda e: e["config"].update(growth=4), "config does not build a generator config: unknown MSDN config keys: growth"),
     (lambda e: e.update(tile=100), "tile must be a positive multiple of 8"),
     (lambda e: e.update(overlap=128), "overlap must be at least 0 and less than half the tile"),
     (lambda e: e.update(repo_id="just-a-name"), "repo_id must look like 'owner/name'"),

