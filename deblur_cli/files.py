@@ -7,9 +7,10 @@ content) is checked, it gets the mode a plain `open(..., "w")` would give (or th
 it replaces), and only then is it renamed onto the target. On any failure the temporary file is
 removed, the old target stays as it was, and the error is one `MsdnError` line.
 
-Temporary names carry the writing process's id (`.NAME.tmp-PID-XXXXXXXX.EXT`), so a later run can
-tell a temporary file left by a killed process from one that is being written right now, and
-`remove_stale_temps` removes the former.
+Temporary names live in a namespace of msdn's own and carry the writing process's id
+(`.msdn-tmp-PID-XXXXXXXX.EXT`), so a later run can tell a temporary file left by a killed process
+from one that is being written right now, and `remove_stale_temps` removes the former and nothing
+else: a user's `.notes.tmp-draft.txt` or `.zshrc.tmp-20240101` is never matched, whatever its age.
 """
 
 from __future__ import annotations
@@ -20,16 +21,14 @@ import os
 import re
 import stat
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from deblur_cli.errors import MsdnError, first_line
 
 CHUNK = 1 << 20
-# `.NAME.tmp-PID-RANDOM.EXT`; the PID-less form is what msdn 0.1.0 wrote before the PID was added.
-_TEMP = re.compile(r"^\..*\.tmp-(?:(?P<pid>\d+)-)?[a-z0-9_]{8}(?:\.[A-Za-z0-9]+)?$")
-LEGACY_TEMP_AGE = 3600.0  # seconds after which a PID-less temporary file counts as abandoned
+TEMP_PREFIX = ".msdn-tmp-"  # msdn's own namespace: the only names the stale-temp sweep may delete
+_TEMP = re.compile(r"^\.msdn-tmp-(?P<pid>\d+)-[a-z0-9_]{8}(?:\.[A-Za-z0-9]+)?$")  # + mkstemp's 8 characters
 Verify = Callable[[Path], None]
 
 
@@ -44,7 +43,7 @@ def new_file_mode(target: Path) -> int:
 
 
 def _temp_prefix(target: Path) -> str:
-    return f".{target.stem[:100]}.tmp-{os.getpid()}-"  # a long name must not push the temporary past NAME_MAX
+    return f"{TEMP_PREFIX}{os.getpid()}-"  # no part of the target's name: short, and never a user's pattern
 
 
 @contextlib.contextmanager
@@ -149,7 +148,6 @@ def remove_stale_temps(folder: Path) -> list[Path]:
         entries = list(os.scandir(folder))
     except OSError:
         return removed
-    now = time.time()
     for entry in entries:
         match = _TEMP.match(entry.name)
         if match is None:
@@ -157,9 +155,7 @@ def remove_stale_temps(folder: Path) -> list[Path]:
         try:
             if not entry.is_file(follow_symlinks=False):
                 continue
-            pid = match.group("pid")
-            stale = (not _pid_alive(int(pid))) if pid else now - entry.stat().st_mtime > LEGACY_TEMP_AGE
-            if stale:
+            if not _pid_alive(int(match.group("pid"))):
                 os.unlink(entry.path)
                 removed.append(Path(entry.path))
         except OSError:

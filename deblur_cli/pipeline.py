@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -153,8 +154,12 @@ def parse_extensions(text: str | None) -> frozenset[str]:
 def read_record(out_dir: Path) -> dict[str, tuple[int, int]]:
     """What deblur-dir wrote in `out_dir`: relative path -> (size, mtime_ns) when written."""
     record: dict[str, tuple[int, int]] = {}
-    try:
-        lines = (Path(out_dir) / RECORD).read_text(encoding="utf-8").splitlines()
+    try:  # never through a link: a record that is not msdn's own file vouches for nothing
+        fd = os.open(Path(out_dir) / RECORD, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                return record
+            lines = f.read().decode("utf-8").splitlines()
     except (OSError, UnicodeDecodeError):
         return record
     for line in lines:
@@ -171,7 +176,15 @@ def record_output(out_dir: Path, target: Path) -> None:
     st = Path(target).stat()
     line = json.dumps({"path": Path(target).relative_to(out_dir).as_posix(), "size": st.st_size,
                        "mtime_ns": st.st_mtime_ns})
-    with open(Path(out_dir) / RECORD, "a", encoding="utf-8") as f:
+    path = Path(out_dir) / RECORD
+    try:  # O_NOFOLLOW: a link planted in a shared folder must not make msdn append to its target
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
+    except OSError as exc:
+        raise MsdnError(f"{path} is not a regular file msdn can append to ({exc.strerror or exc}); "
+                        "the output is written but not recorded") from None
+    with os.fdopen(fd, "a", encoding="utf-8") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise MsdnError(f"{path} is not a regular file; the output is written but not recorded")
         f.write(line + "\n")
 
 
@@ -299,6 +312,8 @@ def deblur_directory(model: MSDN, jobs: list[Job], settings: DeblurSettings = De
         if job.record is not None:
             try:
                 record_output(job.record.parent, job.target)
+            except MsdnError as exc:  # an unrecorded output is only protected more: --overwrite keeps it
+                report.notes.append((job.source, str(exc)))
             except OSError:
-                pass  # an unrecorded output is only protected more: --overwrite will not replace it
+                pass
     return report

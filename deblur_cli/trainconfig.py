@@ -6,6 +6,8 @@ the loop's imports (torch.distributed, the data pipeline, kornia's blur synthesi
 
 from __future__ import annotations
 
+import math
+
 import json
 from dataclasses import asdict, dataclass, fields
 from typing import Any
@@ -132,8 +134,8 @@ class TrainConfig:
             problems.append("max-minutes must be positive")
         if self.workers < 0 or self.render_workers < 0:
             problems.append("workers cannot be negative")
-        if self.lr <= 0 or self.lr_final < 0:
-            problems.append("learning rates must be positive")
+        if not (0 < self.lr < math.inf and 0 <= self.lr_final < math.inf):  # NaN fails every comparison
+            problems.append(f"learning rates must be positive and finite, got --lr {self.lr:g}")
         if problems:
             raise MsdnError(problems[0])
 

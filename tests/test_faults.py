@@ -72,7 +72,7 @@ def photo(path: Path, h: int = 40, w_: int = 50, mode: str = "RGB") -> Path:
 
 
 def temporaries(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.rglob(".*.tmp-*"))
+    return sorted(p.name for p in folder.rglob(".msdn-tmp-*"))
 
 
 def fail_after(monkeypatch: pytest.MonkeyPatch, budget: int, error: int = errno.ENOSPC) -> None:
@@ -269,15 +269,30 @@ def test_sigterm_mid_write_is_a_clean_stop(tmp_path: Path, weights: Path) -> Non
 def test_stale_temporaries_of_live_processes_are_kept(tmp_path: Path) -> None:
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    stale = tmp_path / f".out.tmp-{dead.pid}-abcd1234.png"
-    live = tmp_path / f".out.tmp-{os.getppid()}-abcd1234.png"
-    old_style = tmp_path / ".out.tmp-k3j4h5_x.png"
+    stale = tmp_path / f".msdn-tmp-{dead.pid}-abcd1234.png"
+    live = tmp_path / f".msdn-tmp-{os.getppid()}-abcd1234.png"
     other = tmp_path / ".hidden.png"
-    for p in (stale, live, old_style, other):
+    for p in (stale, live, other):
         p.write_bytes(b"x")
-    os.utime(old_style, (time.time() - 7200, time.time() - 7200))
-    assert sorted(files.remove_stale_temps(tmp_path)) == sorted([stale, old_style])
+    assert files.remove_stale_temps(tmp_path) == [stale]
     assert live.exists() and other.exists()
+
+
+def test_the_sweep_never_deletes_a_users_file_that_looks_like_a_temporary(tmp_path: Path, weights: Path) -> None:
+    """Issue #20 item 1: only names in msdn's own namespace are ever swept, whatever their age."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    users = {".zshrc.tmp-20240101": b"x\n", f".notes.tmp-{dead.pid}-draft_v2.txt": b"y\n",
+             ".thesis.tmp-finalver.tex": b"z\n", f".out.tmp-{dead.pid}-abcd1234.png": b"w",
+             ".out.tmp-k3j4h5_x.png": b"v"}
+    for name, data in users.items():
+        (tmp_path / name).write_bytes(data)
+        os.utime(tmp_path / name, (time.time() - 7200, time.time() - 7200))
+    src = photo(tmp_path / "photo.png")
+    result = run("deblur", src, "--weights", weights, *FAST)
+    assert result.code == 0 and (tmp_path / "photo_deblurred.png").is_file()
+    assert {name: (tmp_path / name).read_bytes() for name in users} == users
+    assert files.remove_stale_temps(tmp_path) == []
 
 
 # --- 1 and 4. deblur-dir never replaces a photo it did not write, never eats its own outputs ----------
@@ -560,3 +575,24 @@ def test_sigterm_stops_training_cleanly(tmp_path: Path) -> None:
     proc.wait(timeout=60)
     assert proc.returncode == 128 + signal.SIGTERM and rest.strip() == "Error: terminated", "".join(lines) + rest
     assert ck.load_training_checkpoint(run_dir)["step"] == 2 and temporaries(run_dir) == []
+
+
+def test_the_record_is_never_followed_through_a_link(tmp_path: Path, weights: Path) -> None:
+    """Issue #20 item 5: a link planted as the record makes deblur-dir append to nothing."""
+    diary = tmp_path / "diary.txt"
+    diary.write_text("dear diary\n")
+    root, out = tmp_path / "in", tmp_path / "out"
+    photo(root / "a.png")
+    out.mkdir()
+    (out / ".msdn-outputs.jsonl").symlink_to(diary)
+    result = run("deblur-dir", root, "-o", out, "--weights", weights, *FAST)
+    assert result.code == 0 and (out / "a.png").is_file()
+    assert diary.read_text() == "dear diary\n" and "not a regular file msdn can append to" in result.out + result.err
+
+
+@pytest.mark.parametrize("lr", ["nan", "inf", "-1"])
+def test_a_non_finite_learning_rate_is_refused(tmp_path: Path, lr: str) -> None:
+    """Issue #20 items 4 and 8: --lr nan/inf is one line before anything is read or written."""
+    result = run("train", "--data", tmp_path, "--lr", lr, "--checkpoint-dir", tmp_path / "run")
+    assert result.code == 1 and result.error_line.startswith("Error: learning rates must be positive and finite")
+    assert not (tmp_path / "run").exists()

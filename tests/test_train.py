@@ -302,7 +302,7 @@ def test_cli_resume_keeps_the_runs_settings_and_says_what_a_flag_changes(
     stored = load_training_checkpoint(run)["train_config"]
     assert stored["data"] == str(photos.resolve()) and stored["export"] == str(export)
     assert load_training_checkpoint(run)["model_config"]["scales"] == 2
-    stale = run / ".last.tmp-4194303-abcdefgh.pt"  # a checkpoint write killed by SIGKILL
+    stale = run / ".msdn-tmp-4194303-abcdefgh.pt"  # a checkpoint write killed by SIGKILL
     stale.write_bytes(b"half a checkpoint")
 
     monkeypatch.chdir(tmp_path)  # elsewhere: the stored absolute paths still hold
