@@ -47,9 +47,11 @@ def _temp_prefix(target: Path) -> str:
 
 
 @contextlib.contextmanager
-def atomic_path(target: Path, verify: Verify | None = None) -> Iterator[Path]:
+def atomic_path(target: Path, verify: Verify | None = None, replace: bool = True) -> Iterator[Path]:
     """Yield a temporary path beside `target`; when the block succeeds, fsync it, run `verify(tmp)`
-    and rename it onto `target`. Any failure removes it and leaves `target` untouched.
+    and rename it onto `target`. Any failure removes it and leaves `target` untouched. With
+    `replace=False` the placement itself refuses to replace a file that appeared meanwhile (a hard
+    link either creates `target` or fails), so "already exists" can never be checked, then lost.
 
     The temporary keeps the target's suffix so libraries that pick a format from it still do.
     OS errors (disk full, I/O error, permissions) become one MsdnError line naming `target`.
@@ -64,7 +66,7 @@ def atomic_path(target: Path, verify: Verify | None = None) -> Iterator[Path]:
     tmp = Path(name)
     try:
         yield tmp
-        _finish(tmp, target, mode, verify)
+        _finish(tmp, target, mode, verify, replace)
     except BaseException as exc:
         tmp.unlink(missing_ok=True)
         if isinstance(exc, OSError):
@@ -72,9 +74,9 @@ def atomic_path(target: Path, verify: Verify | None = None) -> Iterator[Path]:
         raise
 
 
-def atomic_write_bytes(target: Path, data: bytes, verify: Verify | None = None) -> None:
+def atomic_write_bytes(target: Path, data: bytes, verify: Verify | None = None, replace: bool = True) -> None:
     """Write `data` to `target` completely or not at all (see the module docstring)."""
-    with atomic_path(target, verify) as tmp:
+    with atomic_path(target, verify, replace) as tmp:
         fd = os.open(tmp, os.O_WRONLY | os.O_TRUNC)
         try:
             _write_all(fd, data)
@@ -105,7 +107,23 @@ def _write_all(fd: int, data: bytes) -> None:
         done += n
 
 
-def _finish(tmp: Path, target: Path, mode: int, verify: Verify | None) -> None:
+def _place(tmp: Path, target: Path) -> None:
+    """Move `tmp` to `target` only if no `target` exists, atomically where links are supported."""
+    try:
+        os.link(tmp, target)
+    except FileExistsError:
+        raise MsdnError(f"{target} appeared while msdn was writing it and was left untouched; pass --overwrite "
+                        "to replace it") from None
+    except OSError:  # a filesystem without hard links: the narrowest check-then-rename there is
+        if os.path.lexists(target):
+            raise MsdnError(f"{target} appeared while msdn was writing it and was left untouched; pass "
+                            "--overwrite to replace it") from None
+        os.replace(tmp, target)
+        return
+    tmp.unlink()
+
+
+def _finish(tmp: Path, target: Path, mode: int, verify: Verify | None, replace: bool = True) -> None:
     fd = os.open(tmp, os.O_RDONLY)
     try:
         os.fsync(fd)  # delayed allocation reports a full disk here, not at write()
@@ -114,7 +132,10 @@ def _finish(tmp: Path, target: Path, mode: int, verify: Verify | None) -> None:
         os.close(fd)
     if verify is not None:
         verify(tmp)
-    os.replace(tmp, target)
+    if replace:
+        os.replace(tmp, target)
+    else:
+        _place(tmp, target)
     with contextlib.suppress(OSError):  # make the rename itself durable where the platform allows
         dir_fd = os.open(target.parent, os.O_RDONLY)
         try:

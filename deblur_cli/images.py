@@ -264,7 +264,7 @@ def output_format(path: Path) -> str:
     return fmt
 
 
-def save_image(path: Path, loaded: LoadedImage, rgb: Tensor, quality: int = 95) -> list[str]:
+def save_image(path: Path, loaded: LoadedImage, rgb: Tensor, quality: int = 95, replace: bool = True) -> list[str]:
     """Write `rgb` in the shape of `loaded`: same bit depth, grayscale-ness, alpha, ICC and EXIF where
     the format allows (JPEG has no alpha; JPEG, WebP and BMP have no 16 bits; BMP has no metadata).
 
@@ -295,13 +295,13 @@ def save_image(path: Path, loaded: LoadedImage, rgb: Tensor, quality: int = 95) 
 
     if bits == 16 and planes.shape[2] >= 3:  # Pillow cannot hold 16-bit RGB(A)
         data = png16(planes, icc, exif) if fmt == "PNG" else tiff16(planes, icc)
-        _write(path, data, fmt, loaded.size)
+        _write(path, data, fmt, loaded.size, replace)
         return notes
     if bits == 16:  # 16-bit grayscale: Pillow's I;16 (a 16-bit gray + alpha source is opened as RGBA)
         image = Image.fromarray(planes[..., 0].astype("<u2"))  # uint16 -> I;16
     else:
         image = Image.fromarray(planes if planes.shape[2] > 1 else planes[..., 0])  # uint8 -> L, LA, RGB, RGBA
-    _save_pil(path, image, fmt, quality=quality, icc_profile=icc, exif=exif)
+    _save_pil(path, image, fmt, quality=quality, icc_profile=icc, exif=exif, replace=replace)
     return notes
 
 
@@ -316,9 +316,9 @@ def check_output_dir(path: Path) -> None:
         raise MsdnError(f"cannot write {path}: it is a directory")
 
 
-def _write(path: Path, data: bytes | memoryview, fmt: str, size: tuple[int, int]) -> None:
+def _write(path: Path, data: bytes | memoryview, fmt: str, size: tuple[int, int], replace: bool = True) -> None:
     """Write an encoded image completely (checked, fsynced, read back) before it replaces anything."""
-    atomic_write_bytes(path, data, verify=lambda tmp: _check_written(tmp, fmt, size))
+    atomic_write_bytes(path, data, verify=lambda tmp: _check_written(tmp, fmt, size), replace=replace)
 
 
 def _check_written(tmp: Path, fmt: str, size: tuple[int, int]) -> None:
@@ -337,7 +337,7 @@ def _check_written(tmp: Path, fmt: str, size: tuple[int, int]) -> None:
 
 
 def _save_pil(path: Path, image: Image.Image, fmt: str, *, quality: int, icc_profile: bytes | None,
-              exif: bytes | None) -> None:
+              exif: bytes | None, replace: bool = True) -> None:
     options: dict[str, object] = {}
     if icc_profile:
         options["icc_profile"] = icc_profile
@@ -357,7 +357,7 @@ def _save_pil(path: Path, image: Image.Image, fmt: str, *, quality: int, icc_pro
         image.save(buffer, format=fmt, **options)
     except OSError as exc:  # an encoder error
         raise write_error(path, exc) from None
-    _write(path, buffer.getbuffer(), fmt, image.size)
+    _write(path, buffer.getbuffer(), fmt, image.size, replace)
 
 
 # --- array helpers -------------------------------------------------------------------------------

@@ -99,13 +99,14 @@ class FileResult:
 
 
 def deblur_file(model: MSDN, source: Path, target: Path, settings: DeblurSettings = DeblurSettings(),
-                progress: Progress | None = None) -> FileResult:
-    """Load, deblur and save one photo."""
+                progress: Progress | None = None, replace: bool = False) -> FileResult:
+    """Load, deblur and save one photo; without `replace`, a file that appears at `target` meanwhile is
+    never replaced (the placement itself refuses)."""
     try:
         loaded = load_image(source, max_pixels=settings.max_pixels)
         restored = deblur(model, loaded.rgb, tile=settings.tile, overlap=settings.overlap,
                           batch_size=settings.batch_size, amp=settings.amp, progress=progress)
-        notes = save_image(target, loaded, restored, quality=settings.quality)
+        notes = save_image(target, loaded, restored, quality=settings.quality, replace=replace)
     except MemoryError:
         raise MsdnError(f"{source}: not enough memory for this image; lower --max-pixels to refuse such sizes, "
                         "or free memory") from None
@@ -122,6 +123,7 @@ class Job:
     exists: bool = False  # the output is already there (skipped unless --overwrite)
     clash: Path | None = None  # an earlier input that maps to the same output
     record: Path | None = None  # the output folder's record of what deblur-dir wrote (see the module docstring)
+    replace: bool = False  # --overwrite of an output deblur-dir wrote itself: the one case a file is replaced
 
 
 @dataclass
@@ -264,7 +266,7 @@ def plan_directory(directory: Path, out_dir: Path | None = None, *, recursive: b
                             "move it away or choose another -o")
         key = Path(os.path.normcase(target))
         jobs.append(Job(source, target, exists=exists and not overwrite, clash=owners.get(key),
-                        record=out_dir / RECORD))
+                        record=out_dir / RECORD, replace=exists and overwrite))
         owners.setdefault(key, source)
     if not jobs:
         kinds = ", ".join(sorted(e.lstrip(".") for e in extensions))
@@ -300,7 +302,7 @@ def deblur_directory(model: MSDN, jobs: list[Job], settings: DeblurSettings = De
                 job.target.parent.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
                 raise MsdnError(f"cannot create {job.target.parent}: {exc.strerror or exc}") from None
-            result = deblur_file(model, job.source, job.target, settings, progress=progress)
+            result = deblur_file(model, job.source, job.target, settings, progress=progress, replace=job.replace)
         except MsdnError as exc:
             report.failed.append((job.source, str(exc)))
             continue

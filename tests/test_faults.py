@@ -596,3 +596,32 @@ def test_a_non_finite_learning_rate_is_refused(tmp_path: Path, lr: str) -> None:
     result = run("train", "--data", tmp_path, "--lr", lr, "--checkpoint-dir", tmp_path / "run")
     assert result.code == 1 and result.error_line.startswith("Error: learning rates must be positive and finite")
     assert not (tmp_path / "run").exists()
+
+
+def test_a_file_that_appears_during_the_run_is_never_replaced(tmp_path: Path, weights: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue #20 item 2: "already exists" is checked before inference; a user's file put there
+    meanwhile must survive, and the lost race is that photo's one-line error."""
+    from deblur_cli import pipeline
+
+    src = photo(tmp_path / "big.png")
+    target = tmp_path / "race.png"
+    real = pipeline.deblur
+
+    def deblur_then_user_copies(*args, **kwargs):
+        out = real(*args, **kwargs)
+        target.write_bytes(b"the user's file")  # cp user.png race.png, 3.5 s in
+        return out
+
+    monkeypatch.setattr(pipeline, "deblur", deblur_then_user_copies)
+    result = run("deblur", src, "-o", target, "--weights", weights, *FAST)
+    assert result.code == 1 and "appeared while msdn was writing it and was left untouched" in result.error_line
+    assert target.read_bytes() == b"the user's file" and temporaries(tmp_path) == []
+    root, out = tmp_path / "in", tmp_path / "out"
+    photo(root / "a.png")
+    result = run("deblur-dir", root, "-o", out, "--weights", weights, *FAST)  # the same race in a folder job
+    assert result.code == 0
+    target = out / "b.png"
+    photo(root / "b.png")
+    result = run("deblur-dir", root, "-o", out, "--weights", weights, *FAST)
+    assert result.code == 1 and (out / "b.png").read_bytes() == b"the user's file"

@@ -114,7 +114,7 @@ def deblur_command(
         def on_tiles(done: int, total: int) -> None:
             bar.update(task, completed=done, total=total, visible=total > 1)
 
-        result = deblur_file(generator, image, target, settings, progress=on_tiles)
+        result = deblur_file(generator, image, target, settings, progress=on_tiles, replace=overwrite)
     seconds = time.perf_counter() - start
     for note in result.notes:
         warn(note)
