@@ -20,6 +20,18 @@ from typer.testing import CliRunner
 from deblur_cli.model import MSDN, MSDNConfig
 from deblur_cli.weightfile import save_weights
 
+def photo_crop(size: int, n: int = 1) -> torch.Tensor:
+    """A real photo crop (n, 3, size, size) in [0, 1] (the blur renderers' tests share it)."""
+    from skimage import data as skdata
+
+    img = skdata.astronaut()[40:40 + size, 100:100 + size]
+    return (torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255.0).repeat(n, 1, 1, 1)
+
+
+def gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
 TINY = MSDNConfig(stem_channels=8, growth_rate=4, encoder_layers=(1, 1), bottleneck_layers=1, decoder_layers=(1, 1),
                   pyramid_pools=(2, 4))
 

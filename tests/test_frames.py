@@ -11,16 +11,10 @@ from deblur_cli import synthetic as S
 from deblur_cli.errors import MsdnError
 from deblur_cli.trainconfig import TrainConfig
 
+from conftest import gen
+from conftest import photo_crop as photo
+
 NO_EFFECTS = shake.Realism(noise=0.0, shot_noise=0.0, highlights=0.0, jpeg=0.0)
-
-
-def photo(size: int, n: int = 1) -> torch.Tensor:
-    img = skdata.astronaut()[40:40 + size, 100:100 + size]
-    return (torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255.0).repeat(n, 1, 1, 1)
-
-
-def gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
 
 
 @pytest.mark.parametrize(("length", "count"), [(0.0, 9), (30.0, 17), (60.0, 31), (500.0, 41)])

@@ -9,21 +9,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from skimage import data as skdata
 
 from deblur_cli import shake
 
+from conftest import gen
+from conftest import photo_crop as photo
+
 NO_EFFECTS = shake.Realism(noise=0.0, shot_noise=0.0, highlights=0.0, jpeg=0.0)
-
-
-def photo(size: int, n: int = 1) -> torch.Tensor:
-    """A real photo crop (n, 3, size, size) in [0, 1]."""
-    img = skdata.astronaut()[40:40 + size, 100:100 + size]
-    return (torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255.0).repeat(n, 1, 1, 1)
-
-
-def gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
 
 
 def high_freq_energy(x: torch.Tensor) -> float:
