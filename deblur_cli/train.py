@@ -75,6 +75,7 @@ class TrainResult:
     exported: Path | None
     run_dir: Path
     generator: MSDN  # the final generator (training form, on the training device)
+    stopped: bool = False  # ended early by `stop` (SIGTERM), with a checkpoint of its last finished step
 
 
 def _select_device(name: str, local_rank: int | None) -> torch.device:
@@ -120,11 +121,12 @@ class _MetricsLog:
 def train(config: TrainConfig | None, model_config: MSDNConfig | None = None, *, resume: Path | None = None,
           overrides: Mapping[str, Any] | None = None, model_overrides: Mapping[str, Any] | None = None,
           recipe: tuple[str, Mapping[str, Any]] | None = None, callback: Callback | None = None,
-          overwrite: bool = False) -> TrainResult:
+          overwrite: bool = False, stop: Callable[[], bool] | None = None) -> TrainResult:
     """Train (or resume training) a generator; `callback(event)` receives progress on rank 0.
 
     Events are dicts with "event": "notice" | "start" | "step" | "val" | "checkpoint" | "time_limit" |
-    "end". A resumed run trains with its stored settings and `overrides`, the options given again
+    "stopped" | "end". `stop()` asking to stop (the CLI binds it to SIGTERM) ends the run as a time limit
+    does: the step under way is finished or rolled back and the last finished one checkpointed. A resumed run trains with its stored settings and `overrides`, the options given again
     (resume.py; `config` must be None then). A fresh run refuses a run folder that already holds a
     checkpoint, and an existing `export` file or its config beside it, unless `overwrite`: hours of
     someone's training are not replaced silently.
@@ -157,7 +159,7 @@ def train(config: TrainConfig | None, model_config: MSDNConfig | None = None, *,
     model_config = model_config or MSDNConfig()
     ddp = init_distributed(config.device)
     try:
-        return _train(config, model_config, checkpoint, ddp, callback if ddp.main else None, notices, resume)
+        return _train(config, model_config, checkpoint, ddp, callback if ddp.main else None, notices, resume, stop)
     finally:
         if ddp.world > 1 and dist.is_initialized():
             dist.destroy_process_group()
@@ -194,16 +196,35 @@ class _Run:
     started: float = field(default_factory=time.perf_counter)
     tick: float = 0.0
     last_checkpoint: Path | None = None
+    stop: Callable[[], bool] | None = None
+    stopped: bool = False
 
     def __post_init__(self) -> None:
         self.tick = self.started
 
     def out_of_time(self, ahead: float = 0.0) -> bool:
-        return _out_of_time(self.started, self.config.max_minutes, self.ddp, ahead)
+        """Whether to stop now: the --max-minutes budget is spent, or `stop()` asks for it (rank 0 decides)."""
+        if not self.stoppable:
+            return False
+        asked = self.stop is not None and self.stop()
+        over = asked or over_budget(self.started, self.config.max_minutes, ahead)
+        over = bool(broadcast(float(over))) if self.ddp.world > 1 else over
+        self.stopped = self.stopped or (over and asked)
+        return over
+
+    @property
+    def stoppable(self) -> bool:
+        return self.config.max_minutes is not None or self.stop is not None
+
+    def stop_event(self) -> dict[str, Any]:
+        if self.stopped:
+            return {"event": "stopped", "step": self.step}
+        return {"event": "time_limit", "step": self.step, "minutes": self.config.max_minutes}
 
 
 def _train(config: TrainConfig, model_config: MSDNConfig, checkpoint: dict[str, Any] | None, ddp: Dist,
-           callback: Callback | None, notices: tuple[str, ...] = (), source: Path | None = None) -> TrainResult:
+           callback: Callback | None, notices: tuple[str, ...] = (), source: Path | None = None,
+           stop: Callable[[], bool] | None = None) -> TrainResult:
     emit = callback or (lambda event: None)
     for notice in notices:
         emit({"event": "notice", "message": notice})
@@ -237,7 +258,7 @@ def _train(config: TrainConfig, model_config: MSDNConfig, checkpoint: dict[str, 
     )
     validation = (SyntheticValidation if bank is not None else Validation)(config, split, device)
     run = _Run(config, model_config, ddp, device, amp_name, nets, validation, emit, Path(config.checkpoint_dir), total,
-               config.val_every or (max(1, total // 10) if config.steps else sampler.steps_per_epoch))
+               config.val_every or (max(1, total // 10) if config.steps else sampler.steps_per_epoch), stop=stop)
     if checkpoint is not None:
         run.step, run.best = int(checkpoint["step"]), best_so_far(checkpoint, validation.metric)
         run.val_pending = bool(checkpoint.get("val_pending"))
@@ -309,7 +330,7 @@ def _step(run: _Run, blurred: Tensor, sharp: Tensor, content_fn: ContentLoss | N
     config, nets, device = run.config, run.nets, run.device
     record: dict[str, Any] = {"event": "step", "step": run.step + 1, "lr": nets.opt_g.param_groups[0]["lr"]}
     began = StepStart({"critic": nets.critic, "opt_d": nets.opt_d, "scaler_d": nets.scaler_d}, rng_state) \
-        if config.max_minutes is not None and nets.critic is not None else None
+        if run.stoppable and nets.critic is not None else None
     assert nets.g_forward is not None
     with autocast(run.amp, device):
         fake = nets.g_forward(blurred)
@@ -319,7 +340,7 @@ def _step(run: _Run, blurred: Tensor, sharp: Tensor, content_fn: ContentLoss | N
         if critic_record is None and began is not None:  # out of time mid-step: back to the last finished step
             began.restore(set_rng_state)
             _checkpoint(run)
-            run.emit({"event": "time_limit", "step": run.step, "minutes": config.max_minutes})
+            run.emit(run.stop_event())
             return False
         record.update(critic_record or {})
     loss_g = generator_update(nets, config, run.amp, fake, sharp, content_fn, record)
@@ -344,7 +365,7 @@ def _after_step(run: _Run) -> bool:
         _checkpoint(run)
         run.tick = time.perf_counter()
     if out_of_time and (run.step < run.total or run.val_pending):
-        run.emit({"event": "time_limit", "step": run.step, "minutes": run.config.max_minutes})
+        run.emit(run.stop_event())
         return True
     return False
 
@@ -365,7 +386,8 @@ def _finish(run: _Run) -> TrainResult:
         run.emit({"event": "end", "step": run.step, "best_val_psnr": run.best,
                   "exported": str(exported) if exported else None})
     return TrainResult(step=run.step, best_val_psnr=run.best, checkpoint=run.last_checkpoint, exported=exported,
-                       run_dir=run.run_dir, generator=run.nets.generator)
+                       run_dir=run.run_dir, generator=run.nets.generator,
+                       stopped=run.stopped and (run.step < run.total or run.val_pending))
 
 
 def _restore(checkpoint: Mapping[str, Any], source: Path | None, parts: Mapping[str, Any], rank: int | None) -> None:
@@ -378,15 +400,6 @@ def _restore(checkpoint: Mapping[str, Any], source: Path | None, parts: Mapping[
             set_rng_state(checkpoint["rng"][rank] if isinstance(checkpoint["rng"], list) else checkpoint["rng"])
     except (KeyError, RuntimeError, ValueError, TypeError, IndexError, AttributeError) as exc:
         raise MsdnError(f"{source} is a damaged training checkpoint ({state_error(exc)})") from None
-
-
-def _out_of_time(started: float, max_minutes: float | None, ddp: Dist, ahead: float = 0.0) -> bool:
-    """Whether the wall-time budget is spent (or would be by `ahead` more seconds of work); rank 0's
-    clock decides so every rank stops together."""
-    if max_minutes is None:
-        return False
-    over = float(over_budget(started, max_minutes, ahead))
-    return bool(broadcast(over)) if ddp.world > 1 else bool(over)
 
 
 def _export(path: Path, generator: MSDN, model_config: MSDNConfig, step: int, val_psnr: float | None) -> None:

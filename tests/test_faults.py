@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import signal
 import stat
 import subprocess
@@ -551,8 +552,10 @@ def test_a_text_file_is_not_a_checkpoint(tmp_path: Path) -> None:
         f"Error: {text} is not a training checkpoint: it is not a PyTorch file at all"
 
 
-def test_sigterm_stops_training_cleanly(tmp_path: Path) -> None:
-    """SIGTERM is Ctrl-C for `msdn train` too: one line, exit 143, the last checkpoint intact."""
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_terminated_run_checkpoints_its_last_finished_step(tmp_path: Path, sig: int) -> None:
+    """Issue #20 item 3: SIGTERM (or Ctrl-C) finishes the step under way and checkpoints it, though the
+    periodic checkpoint is 100,000 steps away: one line, exit 128+signal, resume continues from there."""
     photos = tmp_path / "photos"
     for i in range(4):
         photo(photos / f"p{i}.png", 48, 48)
@@ -570,11 +573,28 @@ def test_sigterm_stops_training_cleanly(tmp_path: Path) -> None:
         if line.startswith("step 3/"):
             break
     time.sleep(1)  # training, not printing
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(sig)
     rest = proc.stderr.read()
     proc.wait(timeout=60)
-    assert proc.returncode == 128 + signal.SIGTERM and rest.strip() == "Error: terminated", "".join(lines) + rest
-    assert ck.load_training_checkpoint(run_dir)["step"] == 2 and temporaries(run_dir) == []
+    match = re.fullmatch(rf"Error: stopped at step (\d+), which is checkpointed: continue with --resume "
+                         rf"{re.escape(str(run_dir))}", rest.strip())
+    assert proc.returncode == 128 + sig and match, "".join(lines) + rest
+    step = int(match.group(1))
+    assert step >= 3 and ck.load_training_checkpoint(run_dir)["step"] == step and temporaries(run_dir) == []
+
+
+def test_a_second_sigterm_stops_at_once(tmp_path: Path) -> None:
+    """The first SIGTERM waits for a safe point; a second one does not wait for it."""
+    from deblur_cli.commands.common import Terminated, stop_requests
+
+    before = signal.getsignal(signal.SIGTERM)
+    with stop_requests() as stop:
+        assert not stop()
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop() and stop.exit_code == 128 + signal.SIGTERM
+        with pytest.raises(Terminated):
+            os.kill(os.getpid(), signal.SIGTERM)
+    assert signal.getsignal(signal.SIGTERM) is before  # the command's own handler is back
 
 
 def test_the_record_is_never_followed_through_a_link(tmp_path: Path, weights: Path) -> None:

@@ -268,6 +268,28 @@ def test_time_limit_stops_with_a_checkpoint_that_resumes(photos: Path, tmp_path:
     assert all(torch.equal(v, mine[k]) for k, v in straight.generator.state_dict().items())
 
 
+def test_a_stop_request_checkpoints_the_last_finished_step_and_resumes_exactly(photos: Path, tmp_path: Path) -> None:
+    """Issue #20 item 3: SIGTERM (here `stop`, asked during the second step's critic updates) ends the run
+    with the checkpoint of step 1, not of the last periodic checkpoint, and the resumed run is the
+    uninterrupted one, bit for bit."""
+    straight = T.train(tiny_config(photos, tmp_path / "full", steps=3, checkpoint_every=100), TINY)
+    run, events, calls = tmp_path / "run", Recorder(), []
+
+    def stop() -> bool:  # asked from the second step on, in the middle of its critic updates
+        calls.append(1)
+        return any(e["event"] == "step" for e in events.events)
+
+    result = T.train(tiny_config(photos, run, steps=3, checkpoint_every=100), TINY, callback=events, stop=stop)
+    assert result.stopped and result.step == 1 and len(calls) > 2
+    assert [e["step"] for e in events.events if e["event"] == "stopped"] == [1]
+    assert not any(e["event"] == "time_limit" for e in events.events)
+    assert load_training_checkpoint(run / T.CHECKPOINT)["step"] == 1
+    resumed = T.train(None, resume=run)
+    assert resumed.step == 3 and not resumed.stopped
+    mine = resumed.generator.state_dict()
+    assert all(torch.equal(v, mine[k]) for k, v in straight.generator.state_dict().items())
+
+
 def test_a_validation_that_would_overrun_the_budget_waits_for_the_resumed_run(
         photos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     run, events = tmp_path / "run", Recorder()

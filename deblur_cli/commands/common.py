@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import signal
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import typer
@@ -49,6 +50,38 @@ class Terminated(KeyboardInterrupt):
 
 def _terminate(signum: int, frame: Any) -> None:
     raise Terminated()
+
+
+class StopRequest:
+    """The first SIGTERM or Ctrl-C received, as a question the work asks at its safe points."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    def __call__(self) -> bool:
+        return self.signum is not None
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + (self.signum or signal.SIGTERM)
+
+    def ask(self, signum: int, frame: Any) -> None:
+        if self.signum is not None:  # the second one stops at once
+            raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def stop_requests() -> Iterator[StopRequest]:
+    """Within the block the first SIGTERM or Ctrl-C only asks the work to stop at its next safe point;
+    a second one stops at once, as outside the block."""
+    request = StopRequest()
+    previous = {sig: signal.signal(sig, request.ask) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield request
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def friendly_errors(func: F) -> F:

@@ -14,7 +14,7 @@ from typing import Any
 
 import typer
 
-from deblur_cli.commands.common import console, friendly_errors, gathered, option
+from deblur_cli.commands.common import console, fail, friendly_errors, gathered, option, stop_requests
 from deblur_cli.errors import MsdnError
 
 # (parameter[:flag], type, help), in the order --help lists them; the flag is --parameter-name unless given.
@@ -168,7 +168,7 @@ class _TrainView:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
             TimeRemainingColumn
 
-        self.live, self.total, self.last_line = live, 0, float("-inf")
+        self.live, self.total, self.last_line, self.stopped = live, 0, float("-inf"), False
         self.progress = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
                                  TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"),
                                  TimeRemainingColumn(), TextColumn("{task.fields[losses]}"), console=console,
@@ -203,10 +203,14 @@ class _TrainView:
         elif kind == "val":
             self._say(f"step {event['step']}: validation PSNR {event['psnr']:.2f} dB, SSIM {event['ssim']:.4f} "
                       f"(best {event['best_psnr']:.2f} dB)")
+        elif kind == "stopped":
+            self.stopped = True  # the command's last line says so
         elif kind == "time_limit":
             self._say(f"time limit of {event['minutes']} min reached at step {event['step']}; continue with --resume")
         elif kind == "end":
             self.progress.stop()
+            if self.stopped:
+                return
             best = event["best_val_psnr"]
             self._say(f"done at step {event['step']}" + (f"; best validation PSNR {best:.2f} dB" if best else "")
                       + (f"; exported {event['exported']}" if event["exported"] else ""))
@@ -244,15 +248,20 @@ def train_command(
     recipe_values = PAPER_RECIPE if recipe == "paper" else {k: getattr(TrainConfig(), k) for k in PAPER_RECIPE}
     view = _train_view() if os.environ.get("RANK", "0") == "0" else None
     try:
-        if resume is not None:
-            arch = {"arch": options["arch"]} if options["arch"] is not None else {}
-            train(None, resume=resume, overrides=given, model_overrides={**network, **arch}, callback=view,
-                  recipe=(recipe, recipe_values) if recipe else None, overwrite=overwrite)
-            return
-        given.setdefault("checkpoint_dir", "runs/msdn")
-        config = TrainConfig(**{**(recipe_values if recipe == "paper" else {}), **given})
-        model_config = new_network(options["arch"] or "msdn", recipe or "cpu", network)
-        train(config, model_config, callback=view, overwrite=overwrite)
+        with stop_requests() as stop:
+            if resume is not None:
+                arch = {"arch": options["arch"]} if options["arch"] is not None else {}
+                result = train(None, resume=resume, overrides=given, model_overrides={**network, **arch},
+                               callback=view, recipe=(recipe, recipe_values) if recipe else None,
+                               overwrite=overwrite, stop=stop)
+            else:
+                given.setdefault("checkpoint_dir", "runs/msdn")
+                config = TrainConfig(**{**(recipe_values if recipe == "paper" else {}), **given})
+                model_config = new_network(options["arch"] or "msdn", recipe or "cpu", network)
+                result = train(config, model_config, callback=view, overwrite=overwrite, stop=stop)
     finally:
         if view is not None:
             view.close()
+    if result.stopped:
+        raise fail(f"stopped at step {result.step}, which is checkpointed: continue with --resume {result.run_dir}",
+                   code=stop.exit_code)
