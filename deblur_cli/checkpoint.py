@@ -22,6 +22,7 @@ from deblur_cli.model import MSDNConfig
 
 CHECKPOINT = "last.pt"  # in a run folder: the checkpoint `--resume RUN` continues from
 MAX_STEP = 10**9
+LEARNED_KEYS = ("generator", "ema", "critic", "opt_g", "opt_d")  # the states a diverged run fills with NaN
 # What `--resume` restores besides the critic's states (present when the run has a critic).
 TRAINING_KEYS = ("generator", "opt_g", "sched_g", "scaler_g", "rng", "step", "best_val_psnr", "model_config",
                  "train_config")
@@ -70,7 +71,26 @@ def load_training_checkpoint(path: Path) -> dict[str, Any]:
                         "checkpoint or start a new run")
     if _step(checkpoint, path) is None:
         raise MsdnError(f"{path} records no training step (a whole number)")
+    bad = first_non_finite({key: checkpoint.get(key) for key in LEARNED_KEYS})
+    if bad is not None:
+        raise MsdnError(f"{path} is a damaged training checkpoint ({bad} holds NaN or infinite values); resume "
+                        "from another checkpoint or start a new run")
     return checkpoint
+
+
+def first_non_finite(state: Any, at: str = "") -> str | None:
+    """Where the first floating-point tensor of a nested state holds NaN or infinity (None: nowhere).
+    Resuming from such a state, or saving one, trains nothing and replaces a good checkpoint."""
+    if isinstance(state, torch.Tensor):
+        finite = not state.is_floating_point() or bool(torch.isfinite(state).all())
+        return None if finite else at
+    items = state.items() if isinstance(state, Mapping) else enumerate(state) if isinstance(state, list | tuple) \
+        else ()
+    for key, value in items:
+        bad = first_non_finite(value, f"{at}.{key}" if at else str(key))
+        if bad is not None:
+            return bad
+    return None
 
 
 def state_error(exc: BaseException) -> str:

@@ -39,7 +39,8 @@ from torch.utils.data import DataLoader
 from deblur_cli import data as D
 from deblur_cli import synthetic as S
 from deblur_cli.budget import StepStart, over_budget
-from deblur_cli.checkpoint import CHECKPOINT, load_training_checkpoint, save_checkpoint, state_error
+from deblur_cli.checkpoint import (CHECKPOINT, LEARNED_KEYS, first_non_finite, load_training_checkpoint,
+                                  save_checkpoint, state_error)
 from deblur_cli.configfile import config_from, config_json, side_files
 from deblur_cli.distributed import Dist, broadcast, gather_rng, init_distributed, rng_state, set_rng_state
 from deblur_cli.errors import MsdnError, first_line
@@ -295,11 +296,25 @@ def _record(run: _Run, record: dict[str, Any]) -> None:
     run.emit(record)
 
 
+def _refuse_divergence(run: _Run, record: Mapping[str, Any]) -> None:
+    """A NaN or infinite loss ends the run before anything is written: the last checkpoint and best
+    weights stay as they were (a diverged step would replace them with NaN)."""
+    bad = next((k for k, v in record.items() if isinstance(v, float) and not math.isfinite(v)), None)
+    if bad is not None:
+        raise MsdnError(f"training diverged at step {run.step + 1} ({bad} is {record[bad]}); nothing of it was "
+                        f"saved, {run.run_dir} keeps its last checkpoint: resume with a lower --lr")
+
+
 def _checkpoint(run: _Run, announce: bool = True) -> None:
-    """Gather every rank's RNG streams and write the checkpoint (rank 0)."""
+    """Gather every rank's RNG streams and write the checkpoint (rank 0), never one holding NaN."""
     rngs = gather_rng(run.ddp)
     if run.ddp.main:
-        state = {**run.nets.states(), "rng": rngs, "step": run.step, "total_steps": run.total,
+        states = run.nets.states()
+        bad = first_non_finite({key: states[key] for key in LEARNED_KEYS})
+        if bad is not None:
+            raise MsdnError(f"training diverged at step {run.step} ({bad} holds NaN or infinite values); nothing "
+                            f"of it was saved, {run.run_dir} keeps its last checkpoint: resume with a lower --lr")
+        state = {**states, "rng": rngs, "step": run.step, "total_steps": run.total,
                  "best_val_psnr": run.best, "best_metric": run.validation.metric, "val_pending": run.val_pending,
                  "model_config": run.model_config.to_dict(), "train_config": run.config.to_dict()}
         run.last_checkpoint = run.run_dir / CHECKPOINT
@@ -344,6 +359,7 @@ def _step(run: _Run, blurred: Tensor, sharp: Tensor, content_fn: ContentLoss | N
             return False
         record.update(critic_record or {})
     loss_g = generator_update(nets, config, run.amp, fake, sharp, content_fn, record)
+    _refuse_divergence(run, {**record, "loss_g": loss_g})
     run.step += 1
     record["loss_g"] = loss_g
     now = time.perf_counter()
@@ -404,6 +420,10 @@ def _restore(checkpoint: Mapping[str, Any], source: Path | None, parts: Mapping[
 
 def _export(path: Path, generator: MSDN, model_config: MSDNConfig, step: int, val_psnr: float | None) -> None:
     """The generator as a weight file `msdn deblur --weights` loads, with config.json beside it."""
+    bad = first_non_finite(generator.state_dict())
+    if bad is not None:
+        raise MsdnError(f"training diverged by step {step} ({bad} holds NaN or infinite values); {path} was "
+                        "not written: resume with a lower --lr")
     metadata = {"step": str(step)}
     if val_psnr is not None and math.isfinite(val_psnr):
         metadata["val_psnr"] = f"{val_psnr:.4f}"

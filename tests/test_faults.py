@@ -533,15 +533,62 @@ def _damaged(tmp_path: Path, change) -> Path:  # noqa: ANN001
     ("wrong shape", lambda c: c["generator"].update({"stem.weight": torch.zeros(1, 2, 3)}),
      "is a damaged training checkpoint (size mismatch for stem.weight: copying a param with shape "
      "torch.Size([1, 2, 3]) from checkpoint"),
+    ("NaN weights", lambda c: c["generator"]["stem.weight"].__setitem__((0, 1), float("nan")),
+     "is a damaged training checkpoint (generator.stem.weight holds NaN or infinite values)"),
+    ("infinite Adam state", lambda c: next(iter(c["opt_g"]["state"].values()))["exp_avg"].fill_(float("inf")),
+     "is a damaged training checkpoint (opt_g.state.0.exp_avg holds NaN or infinite values)"),
 ])
 def test_damaged_checkpoints_are_one_line_on_resume(tmp_path: Path, case: str, change, message: str) -> None:  # noqa: ANN001
     photos = tmp_path / "photos"
     for i in range(4):
         photo(photos / f"p{i}.png", 48, 48)
     path = _damaged(tmp_path, change)
+    before = path.read_bytes()
     result = run("train", "--resume", path, "--data", photos)
     assert result.code == 1
     assert result.err.strip().splitlines()[-1].startswith(f"Error: {path} {message}"), result.err
+    assert path.read_bytes() == before and sorted(p.name for p in path.parent.iterdir()) == ["last.pt"]
+
+
+@pytest.mark.parametrize("offset", [0.3, 0.5, 0.7, 0.9])
+def test_a_checkpoint_overwritten_with_ff_bytes_is_never_replaced(tmp_path: Path, offset: float) -> None:
+    """Issue #20 item 4: 64 bytes of 0xFF in a last.pt either load as garbage that is refused or fail to
+    load; the run never trains on it and the file is never replaced."""
+    photos = tmp_path / "photos"
+    for i in range(4):
+        photo(photos / f"p{i}.png", 48, 48)
+    path = tmp_path / "run" / "last.pt"
+    path.parent.mkdir()
+    data = bytearray(MICRO_RUN.read_bytes())
+    at = int(len(data) * offset)
+    data[at:at + 64] = b"\xff" * 64
+    path.write_bytes(bytes(data))
+    result = run("train", "--resume", path, "--data", photos, "--steps", "4")
+    assert result.code == 1 and result.error_line.startswith(f"Error: {path} "), result.err
+    assert path.read_bytes() == bytes(data) and sorted(p.name for p in path.parent.iterdir()) == ["last.pt"]
+
+
+def test_a_diverging_run_stops_before_writing_anything(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue #20 item 4: the step whose loss is NaN ends the run with one line; last.pt and
+    best.safetensors stay those of the last good step."""
+    from deblur_cli import train as T
+
+    photos = tmp_path / "photos"
+    for i in range(4):
+        photo(photos / f"p{i}.png", 48, 48)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "last.pt").write_bytes(MICRO_RUN.read_bytes())
+    good = T.generator_update
+    monkeypatch.setattr(T, "generator_update", lambda nets, *a: good(nets, *a) if nets.sched_g.last_epoch < 4
+                        else float("nan"))  # steps 3 and 4 are fine, step 5 diverges
+    result = run("train", "--resume", run_dir, "--data", photos, "--steps", "8", "--checkpoint-every", "1",
+                 "--val-every", "1")
+    assert result.code == 1 and result.err.strip().splitlines()[-1] == (f"Error: training diverged at step 5 (loss_g is nan); nothing "
+                                                      f"of it was saved, {run_dir} keeps its last checkpoint: "
+                                                      "resume with a lower --lr"), result.err
+    assert ck.load_training_checkpoint(run_dir)["step"] == 4 and temporaries(run_dir) == []
+    assert wf.read_metadata(run_dir / "best.safetensors")["step"] == "4"
 
 
 def test_a_text_file_is_not_a_checkpoint(tmp_path: Path) -> None:
