@@ -93,8 +93,7 @@ class _MetricsLog:
     def __init__(self, run_dir: Path, resume_step: int | None) -> None:
         self.path = run_dir / METRICS
         if resume_step is not None and self.path.is_file():
-            keep = [line for line in self.path.read_text().splitlines()
-                    if line.strip() and json.loads(line).get("step", 0) <= resume_step]
+            keep = [line for line in _records(self.path.read_bytes()) if json.loads(line).get("step", 0) <= resume_step]
             atomic_write_bytes(self.path, ("\n".join(keep) + "\n" if keep else "").encode())
         elif self.path.exists():
             self.path.unlink()
@@ -117,6 +116,18 @@ class _MetricsLog:
         self.file.close()
         if self.tb is not None:
             self.tb.close()
+
+
+def _records(log: bytes) -> list[str]:
+    """The whole JSON records of a metrics log: a line damaged by a crash or an editor (bad UTF-8, cut
+    JSON) is dropped, not a reason to refuse the resume."""
+    kept = []
+    for raw in log.splitlines():
+        with contextlib.suppress(UnicodeDecodeError, ValueError):
+            line = raw.decode()
+            if isinstance(json.loads(line), dict):
+                kept.append(line)
+    return kept
 
 
 def train(config: TrainConfig | None, model_config: MSDNConfig | None = None, *, resume: Path | None = None,
@@ -150,6 +161,9 @@ def train(config: TrainConfig | None, model_config: MSDNConfig | None = None, *,
         raise ValueError("a fresh run needs a TrainConfig")
     else:
         config = with_absolute_paths(config)
+        if Path(config.checkpoint_dir).exists() and not Path(config.checkpoint_dir).is_dir():
+            raise MsdnError(f"--checkpoint-dir {config.checkpoint_dir} is a file, not a folder: name a folder for "
+                            "the run")
         if not overwrite and (Path(config.checkpoint_dir) / CHECKPOINT).is_file():
             raise MsdnError(f"{config.checkpoint_dir} already holds a training run: continue it with --resume "
                             f"{config.checkpoint_dir}, choose another --checkpoint-dir, or pass --overwrite")

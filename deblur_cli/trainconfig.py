@@ -130,8 +130,8 @@ class TrainConfig:
             problems.append("steps must be at least 1")
         if self.val_every is not None and self.val_every < 1:
             problems.append("val-every must be at least 1")
-        if self.max_minutes is not None and self.max_minutes <= 0:
-            problems.append("max-minutes must be positive")
+        if self.max_minutes is not None and not 0 < self.max_minutes < math.inf:  # NaN fails both
+            problems.append(f"max-minutes must be a positive number of minutes, got {self.max_minutes:g}")
         if self.workers < 0 or self.render_workers < 0:
             problems.append("workers cannot be negative")
         if not (0 < self.lr < math.inf and 0 <= self.lr_final < math.inf):  # NaN fails every comparison

@@ -27,6 +27,7 @@ from deblur_cli.model import MSDNConfig
 
 MAX_LEVELS = 8  # bounds on a config read from a file, far above any MSDN worth running
 MAX_DENSE_LAYERS = 256
+READABLE_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)  # float8 has no kernels to run in
 
 
 def save_weights(path: Path, state_dict: dict[str, torch.Tensor], config: GeneratorConfig,
@@ -138,6 +139,9 @@ def check_state(config: GeneratorConfig, state_dict: Mapping[str, torch.Tensor])
     for key, value in state_dict.items():
         if not value.is_floating_point():
             raise MsdnError(f"weights are not floating-point: '{key}' is {str(value.dtype).removeprefix('torch.')}")
+        if value.dtype not in READABLE_DTYPES:
+            raise MsdnError(f"weights are stored as {str(value.dtype).removeprefix('torch.')} ('{key}'), which msdn "
+                            "does not compute in: use float32, float16 or bfloat16 weights")
         if not bool(torch.isfinite(value).all()):
             raise MsdnError(f"weights are broken: '{key}' holds NaN or infinite values (a diverged training run?)")
 

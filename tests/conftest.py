@@ -4,6 +4,8 @@ The input guard: every `CliRunner.invoke` of the tests hashes the files it is gi
 (every existing path among its arguments, files under a folder included) and fails the test if any
 of them changed, disappeared or was replaced by the command. Output options (-o, --export, ...)
 are not inputs: their files may be written, and an input folder's files under them are skipped.
+It also hashes every other file beside the inputs and outputs (issue #20): none of them may change,
+except msdn's own (`.msdn-*`, run folders) and, with --overwrite, the outputs named.
 """
 
 from __future__ import annotations
@@ -69,7 +71,39 @@ def _split(args: Sequence[Any]) -> tuple[list[Path], list[Path]]:
             outputs.append(Path(word))
         elif not word.startswith("-"):
             inputs.append(Path(word))
-    return [p for p in inputs if p.exists()], outputs
+    return [p for p in inputs if _exists(p)], outputs
+
+
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except OSError:  # a name over 255 bytes: no such file
+        return False
+
+
+RUN_OPTIONS = frozenset({"--checkpoint-dir", "--resume"})  # run folders: msdn's own files, changed on resume
+
+
+def neighbour_hashes(args: Sequence[Any]) -> dict[Path, str]:
+    """sha256 of the files beside a command's inputs and outputs (and in an output folder) that the
+    command may not change: everything but msdn's own record and temporaries, its run folders, and,
+    with --overwrite only, the outputs it names."""
+    words = [str(a) for a in args]
+    inputs, outputs = _split(words)
+    folders = {p.resolve().parent for p in [*inputs, *outputs]} | {p.resolve() for p in [*inputs, *outputs]
+                                                                    if _exists(p) and p.is_dir()}
+    runs = [Path(words[i + 1]).resolve() for i, w in enumerate(words[:-1]) if w in RUN_OPTIONS]
+    replaceable = [o.resolve() for o in outputs] if "--overwrite" in words else []
+    hashes: dict[Path, str] = {}
+    for folder in folders:
+        entries = sorted(folder.iterdir()) if folder.is_dir() else []
+        for f in entries[:MAX_GUARDED_FILES]:
+            if not f.is_file() or f.is_symlink() or f.name.startswith(".msdn-"):
+                continue
+            resolved = f.resolve()
+            if not any(resolved == o or resolved.is_relative_to(o) for o in [*runs, *replaceable]):
+                hashes[resolved] = sha256(resolved)
+    return hashes
 
 
 def input_hashes(args: Sequence[Any]) -> dict[Path, str]:
@@ -95,10 +129,12 @@ def input_guard(monkeypatch: pytest.MonkeyPatch) -> None:
 
     def guarded(self: CliRunner, cli: Any, args: Any = None, *rest: Any, **kwargs: Any) -> Any:
         words = [] if args is None else ([args] if isinstance(args, str) else list(args))
-        before = input_hashes(words)
+        before, beside = input_hashes(words), neighbour_hashes(words)
         result = invoke(self, cli, args, *rest, **kwargs)
         changed = [str(p) for p, digest in before.items() if not p.is_file() or sha256(p) != digest]
         assert not changed, f"msdn {' '.join(map(str, words))} changed its input file(s): {', '.join(changed)}"
+        touched = [str(p) for p, digest in beside.items() if not p.is_file() or sha256(p) != digest]
+        assert not touched, f"msdn {' '.join(map(str, words))} changed file(s) it does not own: {', '.join(touched)}"
         return result
 
     monkeypatch.setattr(CliRunner, "invoke", guarded)

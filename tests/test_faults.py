@@ -9,6 +9,7 @@ and `os.fsync`; the kills run msdn in a subprocess whose writes stall half-way.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import re
 import signal
@@ -692,3 +693,63 @@ def test_a_file_that_appears_during_the_run_is_never_replaced(tmp_path: Path, we
     photo(root / "b.png")
     result = run("deblur-dir", root, "-o", out, "--weights", weights, *FAST)
     assert result.code == 1 and (out / "b.png").read_bytes() == b"the user's file"
+
+
+# --- issue #20 items 6, 7, 9, 10, 13: one line, never a traceback ----------------------------------------
+
+@pytest.mark.parametrize("where", ["default output", "-o", "input"])
+def test_a_name_over_255_bytes_is_one_line(tmp_path: Path, weights: Path, where: str,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    long_input, short = photo(tmp_path / ("L" * 250 + ".jpg")), photo(tmp_path / "short.png")
+    args = {"default output": [long_input.name], "-o": [short.name, "-o", "M" * 300 + ".png"],
+            "input": ["N" * 300 + ".jpg"]}[where]
+    result = run("deblur", *args, "--weights", weights, *FAST)
+    assert result.code == 1 and re.fullmatch(r"Error: file name too long \(\d+ bytes; a name may have at most "
+                                              r"255\): ([LMN])\1{39}\.\.\.\1+(_deblurred)?\.(png|jpg)",
+                                              result.error_line), result.err
+    assert sorted(os.listdir(tmp_path)) == sorted([long_input.name, short.name])
+
+
+def test_float8_weights_are_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "f8.safetensors"
+    wf.save_weights(path, MSDN(TINY).state_dict(), TINY, dtype=torch.float8_e4m3fn)
+    photo(tmp_path / "pairs" / "blur" / "a.png"), photo(tmp_path / "pairs" / "sharp" / "a.png")
+    for command in (["deblur", photo(tmp_path / "a.png"), "--weights", path, *FAST],
+                    ["eval", tmp_path / "pairs", "--weights", path]):
+        result = run(*command)
+        assert result.code == 1 and result.error_line.startswith("Error: weights are stored as float8_e4m3fn ("), \
+            result.err
+
+
+def test_a_damaged_metrics_log_does_not_stop_a_resume(tmp_path: Path) -> None:
+    """A non-UTF-8 byte (or a cut line) in metrics.jsonl: the run resumes and the damaged line is dropped."""
+    photos = tmp_path / "photos"
+    for i in range(4):
+        photo(photos / f"p{i}.png", 48, 48)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "last.pt").write_bytes(MICRO_RUN.read_bytes())
+    (run_dir / "metrics.jsonl").write_bytes(b'{"event": "step", "step": 1}\n{"event": "st\xffep", "step": 2}\n'
+                                            b'{"event": "val", "st')
+    result = run("train", "--resume", run_dir, "--data", photos, "--steps", "3")
+    assert result.code == 0, result.err
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    assert lines[0] == '{"event": "step", "step": 1}' and [json.loads(x)["step"] for x in lines[1:]][0] == 3
+
+
+def test_a_checkpoint_dir_that_is_a_file_is_one_line(tmp_path: Path) -> None:
+    for i in range(3):
+        photo(tmp_path / "photos" / f"p{i}.png", 48, 48)
+    (tmp_path / "afile").write_text("mine")
+    result = run("train", "--data", tmp_path / "photos", "--synthetic-blur", "--checkpoint-dir", tmp_path / "afile")
+    assert result.code == 1 and result.error_line == \
+        f"Error: --checkpoint-dir {tmp_path / 'afile'} is a file, not a folder: name a folder for the run"
+    assert (tmp_path / "afile").read_text() == "mine"
+
+
+@pytest.mark.parametrize("minutes", ["nan", "inf", "0"])
+def test_max_minutes_must_be_a_real_budget(tmp_path: Path, minutes: str) -> None:
+    result = run("train", "--data", tmp_path, "--max-minutes", minutes, "--checkpoint-dir", tmp_path / "run")
+    assert result.code == 1 and result.error_line.startswith("Error: max-minutes must be a positive number of minutes")
+    assert not (tmp_path / "run").exists()

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import inspect
+import os
 import signal
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
@@ -84,6 +86,17 @@ def stop_requests() -> Iterator[StopRequest]:
             signal.signal(sig, handler)
 
 
+def os_error_line(exc: OSError) -> str:
+    """One line for an operating-system error on a user's path, the path shortened to stay one line."""
+    name = str(exc.filename) if exc.filename is not None else ""
+    shown = name if len(name) <= 80 else f"{name[:40]}...{name[-36:]}"
+    if exc.errno == errno.ENAMETOOLONG:
+        return f"file name too long ({len(os.path.basename(name).encode())} bytes; a name may have at most " \
+               f"255): {shown}" if name else "file name too long (a name may have at most 255 bytes)"
+    reason = exc.strerror or type(exc).__name__
+    return f"{shown}: {reason}" if name else reason
+
+
 def friendly_errors(func: F) -> F:
     """Turn the errors a user can cause into one line and a non-zero exit, never a traceback."""
 
@@ -98,6 +111,8 @@ def friendly_errors(func: F) -> F:
             raise fail("terminated", code=128 + signal.SIGTERM) from None
         except KeyboardInterrupt:
             raise fail("interrupted", code=130) from None
+        except OSError as exc:  # what the user's paths can cause (a name over 255 bytes, a missing folder)
+            raise fail(os_error_line(exc)) from None
         except MemoryError:
             raise fail("out of memory; use a smaller --tile or --batch-size, or a lower --max-pixels") from None
         finally:
