@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from deblur_cli.model import pad_to_multiple
+from deblur_cli.model import pad_to_multiple, typed_values
 
 ARCH = "deblurgan"
 
@@ -66,7 +66,7 @@ class DeblurGANConfig:
         unknown = sorted(set(values) - {f.name for f in fields(cls)})
         if unknown:
             raise ValueError(f"unknown DeblurGAN config keys: {', '.join(unknown)}")
-        return cls(**values)
+        return cls(**typed_values(cls(), values))
 
 
 def conv_norm_relu(c_in: int, c_out: int, kernel: int, stride: int = 1) -> nn.Sequential:

@@ -13,6 +13,7 @@ import contextlib
 import errno
 import io
 import os
+import stat
 import struct
 import warnings
 import zlib
@@ -151,6 +152,14 @@ def probe_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, 
         return im.size
 
 
+def file_kind(path: Path) -> str:
+    """What a path that is not a regular file is, in words (a FIFO would block a read, a device never ends)."""
+    mode = path.stat().st_mode
+    kinds = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a named pipe"), (stat.S_ISCHR, "a character device"),
+             (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+    return next((name for test, name in kinds if test(mode)), "not a regular file")
+
+
 def check_input_file(path: Path) -> None:
     """The usual ways a path is not a readable file, each as one line (decoding problems come later)."""
     path = Path(path)
@@ -158,6 +167,8 @@ def check_input_file(path: Path) -> None:
         raise MsdnError(f"{path} is a directory, not an image (use `msdn deblur-dir` for folders)")
     if not path.exists():
         raise MsdnError(f"no such file: {path}")
+    if not path.is_file():
+        raise MsdnError(f"{path} is {file_kind(path)}, not an image file")
     if not os.access(path, os.R_OK):
         raise MsdnError(f"cannot read {path}: permission denied")
     if path.stat().st_size == 0:
@@ -258,10 +269,13 @@ def output_format(path: Path) -> str:
     """The Pillow format name for an output path, or a one-line error naming the ones we write."""
     fmt = OUTPUT_FORMATS.get(Path(path).suffix.lower())
     if fmt is None:
-        known = ", ".join(sorted(OUTPUT_FORMATS))
         suffix = Path(path).suffix or "(none)"
-        raise MsdnError(f"cannot write {path}: unknown image extension {suffix} (use one of {known})")
+        raise MsdnError(f"cannot write {path}: unknown image extension {suffix} (use one of {known_outputs()})")
     return fmt
+
+
+def known_outputs() -> str:
+    return ", ".join(sorted(OUTPUT_FORMATS))
 
 
 def save_image(path: Path, loaded: LoadedImage, rgb: Tensor, quality: int = 95, replace: bool = True) -> list[str]:

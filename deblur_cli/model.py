@@ -90,11 +90,43 @@ class MSDNConfig:
             raise ValueError(f"unknown MSDN config keys: {', '.join(unknown)}")
         # JSON has no tuples: turn lists back into tuples so equality and hashing hold.
         values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
-        return cls(**values)
+        return cls(**typed_values(cls(), values))
 
     @classmethod
     def from_json(cls, text: str) -> MSDNConfig:
         return cls.from_dict(json.loads(text))
+
+
+def typed_values(defaults: Any, values: dict[str, Any]) -> dict[str, Any]:
+    """`values` when each has its default's type (a whole number where the default is one, a tuple of
+    them where it is a tuple); else a ValueError naming the key, so a hand-edited config is one clear line."""
+    def fits(value: Any, default: Any) -> bool:
+        if isinstance(default, bool):
+            return isinstance(value, bool)
+        if isinstance(default, int):
+            return isinstance(value, int) and not isinstance(value, bool)
+        if isinstance(default, float):
+            return isinstance(value, (int, float)) and not isinstance(value, bool)
+        if isinstance(default, tuple):
+            return isinstance(value, tuple) and all(fits(v, default[0]) for v in value) if default else True
+        return isinstance(value, type(default))
+
+    for key, value in values.items():
+        default = getattr(defaults, key)
+        if default is not None and not fits(value, default):
+            kind = {bool: "true or false", int: "a whole number", float: "a number",
+                    tuple: "a list of whole numbers"}.get(type(default), type(default).__name__)
+            shown = json.dumps(value) if _jsonable(value) else repr(value)
+            raise ValueError(f"{key} is {shown}, expected {kind}")
+    return values
+
+
+def _jsonable(value: Any) -> bool:
+    try:
+        json.dumps(value)
+        return True
+    except (TypeError, ValueError):
+        return False
 
 
 # ---------------------------------------------------------------------------------------------

@@ -21,8 +21,8 @@ from pathlib import Path
 
 from deblur_cli.errors import MsdnError
 from deblur_cli.files import remove_stale_temps
-from deblur_cli.images import (DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, check_output_dir, load_image, output_format,
-                               save_image)
+from deblur_cli.images import (DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, OUTPUT_FORMATS, check_output_dir, known_outputs,
+                               load_image, output_format, save_image)
 from deblur_cli.inference import AMP_CHOICES, AMP_MODES, deblur
 from deblur_cli.model import MSDN
 from deblur_cli.tiling import DEFAULT_OVERLAP, DEFAULT_TILE, validate_tiling
@@ -245,7 +245,8 @@ def plan_directory(directory: Path, out_dir: Path | None = None, *, recursive: b
     suffix = None
     if fmt is not None:
         suffix = "." + fmt.strip().lower().lstrip(".")
-        output_format(Path("x" + suffix))
+        if suffix not in OUTPUT_FORMATS:
+            raise MsdnError(f"--format {fmt}: msdn does not write {suffix} images (use one of {known_outputs()})")
     skip_dir = out_dir if _inside(out_dir, directory.resolve()) else None
     sources = [s for s in _walk(directory, recursive, skip_dir)
                if s.suffix.lower() in extensions and not _inside(s, skip_dir)]

@@ -167,6 +167,10 @@ def train(config: TrainConfig | None, model_config: MSDNConfig | None = None, *,
         if not overwrite and (Path(config.checkpoint_dir) / CHECKPOINT).is_file():
             raise MsdnError(f"{config.checkpoint_dir} already holds a training run: continue it with --resume "
                             f"{config.checkpoint_dir}, choose another --checkpoint-dir, or pass --overwrite")
+    if config.export and Path(config.export).exists() and not Path(config.export).is_file():
+        from deblur_cli.images import file_kind
+
+        raise MsdnError(f"--export {config.export} is {file_kind(Path(config.export))}: name a .safetensors file")
     if config.export and config.export != own_export and not overwrite:  # the export and the config written beside it
         for target in (Path(config.export), side_files(Path(config.export))[0]):
             if target.exists():

@@ -84,11 +84,21 @@ def is_torch_file(path: Path) -> bool:
     return Path(path).suffix.lower() in (".pt", ".pth")
 
 
+def require_weights_file(path: Path) -> None:
+    """A one-line error unless `path` is a regular file: a folder or a device is named for what it is."""
+    if path.is_file():
+        return
+    if not path.exists():
+        raise MsdnError(f"weights file not found: {path}")
+    from deblur_cli.images import file_kind
+
+    raise MsdnError(f"--weights {path} is {file_kind(path)}, not a weights file")
+
+
 def load_weights_file(path: Path) -> tuple[GeneratorConfig, dict[str, torch.Tensor]]:
     """Config and state dict from a safetensors file, or a `.pt/.pth` read with weights_only."""
     path = Path(path)
-    if not path.is_file():
-        raise MsdnError(f"weights file not found: {path}")
+    require_weights_file(path)
     if is_torch_file(path):
         ckpt = load_checkpoint(path)
         return ckpt.config, ckpt.generator

@@ -22,7 +22,7 @@ from deblur_cli.manifest import ModelEntry, load_manifest
 from deblur_cli.model import MSDN, MSDNConfig
 from deblur_cli.tiling import DEFAULT_OVERLAP, DEFAULT_TILE
 from deblur_cli.weightfile import (build_generator, is_torch_file, load_safetensors, load_weights_file, read_config,
-                                   read_metadata)
+                                   read_metadata, require_weights_file)
 
 # Read at call time (a module attribute) so tests can point it at a temporary folder.
 BUNDLED_DIR = Path(__file__).resolve().parent / "weights"
@@ -105,8 +105,7 @@ def resolve(selection: Selection, offline: bool = False, progress: Progress | No
     if selection.entry is not None:
         return fetch_model(selection.entry, offline=offline, progress=progress)
     path = Path(selection.path or "")
-    if not path.is_file():
-        raise MsdnError(f"weights file not found: {path}")
+    require_weights_file(path)
     return ResolvedWeights(path, load_weights_file(path)[0] if is_torch_file(path) else read_config(path), "path")
 
 

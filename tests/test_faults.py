@@ -753,3 +753,63 @@ def test_max_minutes_must_be_a_real_budget(tmp_path: Path, minutes: str) -> None
     result = run("train", "--data", tmp_path, "--max-minutes", minutes, "--checkpoint-dir", tmp_path / "run")
     assert result.code == 1 and result.error_line.startswith("Error: max-minutes must be a positive number of minutes")
     assert not (tmp_path / "run").exists()
+
+
+# --- issue #20 items 16, 17, 20: say what a path is ------------------------------------------------------
+
+def test_a_fifo_or_a_device_is_named_for_what_it_is(tmp_path: Path, weights: Path) -> None:
+    fifo = tmp_path / "photo.jpg"
+    os.mkfifo(fifo)
+    for path, kind in ((fifo, "a named pipe"), (Path("/dev/zero"), "a character device")):
+        result = run("deblur", path, "-o", tmp_path / "o.png", "--weights", weights, *FAST)
+        assert result.code == 1 and result.error_line == f"Error: {path} is {kind}, not an image file"
+
+
+@pytest.mark.parametrize("path, kind", [("DIR", "a directory"), ("/dev/null", "a character device")])
+def test_weights_that_are_not_a_file_are_named_for_what_they_are(tmp_path: Path, path: str, kind: str) -> None:
+    weights_path = tmp_path if path == "DIR" else Path(path)
+    result = run("deblur", photo(tmp_path / "a.png"), "--weights", weights_path, *FAST)
+    assert result.code == 1 and result.error_line == f"Error: --weights {weights_path} is {kind}, not a weights file"
+
+
+def test_an_unwritable_format_names_the_option(tmp_path: Path, weights: Path) -> None:
+    photo(tmp_path / "in" / "a.png")
+    result = run("deblur-dir", tmp_path / "in", "-o", tmp_path / "out", "--format", "gif", "--weights", weights)
+    assert result.code == 1 and result.error_line == ("Error: --format gif: msdn does not write .gif images (use one "
+                                                      "of .bmp, .jpeg, .jpg, .png, .tif, .tiff, .webp)")
+
+
+@pytest.mark.parametrize("bad, shown", [({"growth_rate": "16"}, 'growth_rate is "16", expected a whole number'),
+                                        ({"encoder_layers": [4, "x"]}, 'encoder_layers is [4, "x"], expected a list'),
+                                        ({"pyramid": 1}, "pyramid is 1, expected true or false")])
+def test_a_bad_config_value_in_weight_metadata_is_named(tmp_path: Path, bad: dict, shown: str) -> None:
+    """Issue #20 item 21: the key and value, not "'<' not supported between instances of 'str' and 'int'"."""
+    path = tmp_path / "w.safetensors"
+    wf.save_weights(path, MSDN(TINY).state_dict(), TINY)
+    meta = wf.read_metadata(path)
+    from safetensors.torch import load_file, save_file
+
+    save_file(load_file(path), str(path), metadata={**meta, "msdn_config": json.dumps({**TINY.to_dict(), **bad})})
+    result = run("deblur", photo(tmp_path / "a.png"), "--weights", path, *FAST)
+    assert result.code == 1 and shown in result.error_line and "not supported" not in result.error_line, result.err
+
+
+def test_an_export_that_names_a_directory_is_one_line(tmp_path: Path) -> None:
+    """Issue #20 item 22: not "already exists (pass --overwrite)", which would not help."""
+    folder = tmp_path / "g.safetensors"
+    folder.mkdir()
+    for flags in ([], ["--overwrite"]):
+        result = run("train", "--data", tmp_path, "--export", folder, "--checkpoint-dir", tmp_path / "run", *flags)
+        assert result.code == 1 and result.error_line == f"Error: --export {folder} is a directory: name a " \
+            ".safetensors file"
+
+
+@pytest.mark.parametrize("quality", ["0", "101"])
+def test_an_out_of_range_option_is_a_usage_error_as_the_readme_says(tmp_path: Path, weights: Path,
+                                                                    quality: str) -> None:
+    """Issue #20 item 23: README and behaviour agree: a malformed command line exits 2 with the usage box."""
+    readme = (ROOT / "README.md").read_text()
+    assert "`--quality 0`, an option value out of its range) is\n  a usage error: Typer's usage box and exit code 2" \
+        in readme
+    result = run("deblur", photo(tmp_path / "a.png"), "--quality", quality, "--weights", weights)
+    assert result.code == 2 and "Invalid value for '--quality'" in result.err and not (tmp_path / "a_deblurred.png").exists()

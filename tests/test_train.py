@@ -8,6 +8,7 @@ import socket
 import time
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -389,7 +390,8 @@ def test_cli_recipe_sets_defaults_once_and_options_override(photos: Path, tmp_pa
     seen: list[T.TrainConfig] = []
     networks: list[MSDNConfig] = []
     monkeypatch.setattr(T, "train", lambda config, model_config, **kw: (seen.append(config),
-                                                                       networks.append(model_config)))
+                                                                       networks.append(model_config),
+                                                                       SimpleNamespace(stopped=False))[-1])
     base = ["train", "--data", str(photos), "--synthetic-blur", "--checkpoint-dir", str(tmp_path / "r")]
     assert CliRunner().invoke(app, base).exit_code == 0
     assert CliRunner().invoke(app, [*base, "--recipe", "paper", "--crop", "128"]).exit_code == 0
