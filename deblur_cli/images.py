@@ -36,6 +36,8 @@ OUTPUT_FORMATS: dict[str, str] = {
     ".bmp": "BMP",
 }
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(OUTPUT_FORMATS)
+# What deblur-dir also reads (written back as PNG): stills Pillow decodes when built with the codec.
+READ_EXTENSIONS: frozenset[str] = IMAGE_EXTENSIONS | frozenset({".avif"} if features.check("avif") else ())
 DEFAULT_MAX_PIXELS = 100_000_000  # a 100 MP photo already needs ~2.4 GB as float32 in and out
 ORIENTATION_TAG = 0x0112
 GRAY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N"})

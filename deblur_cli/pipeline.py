@@ -21,8 +21,8 @@ from pathlib import Path
 
 from deblur_cli.errors import MsdnError
 from deblur_cli.files import remove_stale_temps
-from deblur_cli.images import (DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, OUTPUT_FORMATS, check_output_dir, known_outputs,
-                               load_image, output_format, save_image)
+from deblur_cli.images import (DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, OUTPUT_FORMATS, READ_EXTENSIONS, check_output_dir,
+                               known_outputs, load_image, output_format, save_image)
 from deblur_cli.inference import AMP_CHOICES, AMP_MODES, deblur
 from deblur_cli.model import MSDN
 from deblur_cli.tiling import DEFAULT_OVERLAP, DEFAULT_TILE, validate_tiling
@@ -126,10 +126,19 @@ class Job:
     replace: bool = False  # --overwrite of an output deblur-dir wrote itself: the one case a file is replaced
 
 
+class Plan(list[Job]):
+    """The jobs of a folder, in order, and the files left out of them with the reason for each."""
+
+    def __init__(self, jobs: Iterable[Job] = (), left_out: Iterable[tuple[Path, str]] = ()) -> None:
+        super().__init__(jobs)
+        self.left_out = list(left_out)
+
+
 @dataclass
 class BatchReport:
     processed: list[Path] = field(default_factory=list)
     skipped: list[Path] = field(default_factory=list)
+    left_out: list[tuple[Path, str]] = field(default_factory=list)  # not photos deblur-dir processes, and why
     failed: list[tuple[Path, str]] = field(default_factory=list)
     written: list[Path] = field(default_factory=list)  # the outputs of `processed`, in the same order
     notes: list[tuple[Path, str]] = field(default_factory=list)
@@ -144,11 +153,11 @@ def default_output_dir(directory: Path) -> Path:
 def parse_extensions(text: str | None) -> frozenset[str]:
     """`"jpg,PNG"` -> {".jpg", ".png"}; every extension must be one we read."""
     if not text:
-        return IMAGE_EXTENSIONS
+        return READ_EXTENSIONS
     chosen = {"." + part.strip().lower().lstrip(".") for part in text.split(",") if part.strip()}
-    unknown = sorted(chosen - IMAGE_EXTENSIONS)
+    unknown = sorted(chosen - READ_EXTENSIONS)
     if unknown or not chosen:
-        known = ", ".join(sorted(e.lstrip(".") for e in IMAGE_EXTENSIONS))
+        known = ", ".join(sorted(e.lstrip(".") for e in READ_EXTENSIONS))
         raise MsdnError(f"unknown image extension(s) {', '.join(unknown) or text!r} in --ext; use some of {known}")
     return frozenset(chosen)
 
@@ -206,8 +215,9 @@ def _own_output(path: Path, names: set[str]) -> bool:
             and any(Path(n).stem == stem and Path(n).suffix.lower() in IMAGE_EXTENSIONS for n in names))
 
 
-def _walk(directory: Path, recursive: bool, skip_dir: Path | None) -> Iterable[Path]:
-    """Candidate inputs: never hidden files (our temporaries), never msdn's own earlier outputs."""
+def _walk(directory: Path, recursive: bool, skip_dir: Path | None) -> Iterable[tuple[Path, str | None]]:
+    """Every file, with the reason it is no input (None: a candidate): hidden files (msdn's own
+    temporaries and record are not even listed), msdn's own earlier outputs."""
     records: dict[Path, dict[str, tuple[int, int]]] = {}  # output folders met so far, with what they hold
     for root, dirs, files in os.walk(directory):
         here = Path(root)
@@ -216,10 +226,19 @@ def _walk(directory: Path, recursive: bool, skip_dir: Path | None) -> Iterable[P
             records[here] = read_record(here)
         above = [folder for folder in records if here.is_relative_to(folder)]
         names = {n for n in files if not n.startswith(".")}
-        for name in sorted(names):
+        for name in sorted(files):
             path = here / name
-            if not (_own_output(path, names) or any(_recorded(records[f], f, path) for f in above)):
-                yield path
+            if name.startswith(".msdn-"):
+                continue
+            if name.startswith("."):
+                yield path, "a hidden file"
+            elif _own_output(path, names):
+                yield path, f"named as msdn deblur's output of {path.stem.removesuffix('_deblurred')}.* beside it " \
+                            "(deblur it with msdn deblur)"
+            elif any(_recorded(records[f], f, path) for f in above):
+                yield path, "an output an earlier msdn deblur-dir wrote"
+            else:
+                yield path, None
         if not recursive:
             return
 
@@ -229,8 +248,8 @@ def _inside(path: Path, parent: Path | None) -> bool:
 
 
 def plan_directory(directory: Path, out_dir: Path | None = None, *, recursive: bool = False,
-                   extensions: frozenset[str] = IMAGE_EXTENSIONS, fmt: str | None = None,
-                   overwrite: bool = False) -> list[Job]:
+                   extensions: frozenset[str] = READ_EXTENSIONS, fmt: str | None = None,
+                   overwrite: bool = False) -> Plan:
     """The images under `directory` and where each one's output goes, mirrored under `out_dir`.
 
     Files inside an `out_dir` that lies inside DIR are never inputs, so it does not feed on itself;
@@ -248,15 +267,24 @@ def plan_directory(directory: Path, out_dir: Path | None = None, *, recursive: b
         if suffix not in OUTPUT_FORMATS:
             raise MsdnError(f"--format {fmt}: msdn does not write {suffix} images (use one of {known_outputs()})")
     skip_dir = out_dir if _inside(out_dir, directory.resolve()) else None
-    sources = [s for s in _walk(directory, recursive, skip_dir)
-               if s.suffix.lower() in extensions and not _inside(s, skip_dir)]
+    sources: list[Path] = []
+    left_out: list[tuple[Path, str]] = []
+    for path, reason in _walk(directory, recursive, skip_dir):
+        if reason is None and path.suffix.lower() not in extensions:
+            reason = "left out by --ext" if path.suffix.lower() in READ_EXTENSIONS else \
+                f"not a photo type deblur-dir reads ({path.suffix or 'no extension'})"
+        if reason is None:
+            sources.append(path)
+        else:
+            left_out.append((path, reason))
     inputs = {s.resolve() for s in sources}
     record = read_record(out_dir) if overwrite else {}
     jobs: list[Job] = []
     owners: dict[Path, Path] = {}
     for source in sources:
         relative = source.relative_to(directory)
-        target = out_dir / (relative.with_suffix(suffix) if suffix else relative)
+        written = suffix or (None if relative.suffix.lower() in OUTPUT_FORMATS else ".png")  # AVIF in, PNG out
+        target = out_dir / (relative.with_suffix(written) if written else relative)
         if target.resolve() in inputs:
             raise MsdnError(f"the output {target} would replace an input image; choose an output folder "
                             f"outside {directory} with -o")
@@ -273,7 +301,7 @@ def plan_directory(directory: Path, out_dir: Path | None = None, *, recursive: b
         kinds = ", ".join(sorted(e.lstrip(".") for e in extensions))
         raise MsdnError(f"no images ({kinds}) found in {directory}"
                         + ("" if recursive else " (use --recursive to look in subfolders)"))
-    return jobs
+    return Plan(jobs, left_out)
 
 
 def deblur_directory(model: MSDN, jobs: list[Job], settings: DeblurSettings = DeblurSettings(), *,
@@ -285,7 +313,7 @@ def deblur_directory(model: MSDN, jobs: list[Job], settings: DeblurSettings = De
     `on_file(index, job)` is called before each job, `progress(done_tiles, total_tiles)` during it,
     `on_written(job)` once its output is complete on disk.
     """
-    report = BatchReport()
+    report = BatchReport(left_out=list(getattr(jobs, "left_out", [])))
     for folder in dict.fromkeys(job.target.parent for job in jobs):
         remove_stale_temps(folder)  # left by a run that was killed while writing
     for index, job in enumerate(jobs):

@@ -177,15 +177,15 @@ def test_deblur_dir_goes_on_past_a_bad_file(tmp_path: Path, weights: Path) -> No
     assert Image.open(outdir / "sub" / "b.png").mode == "L"
     assert not (outdir / "broken.png").exists()
     assert "processed" in out and "failed" in out and "broken.png" in out and "Failures" in out
-    summary = next(line for line in out.splitlines() if line.count("│") == 4)
-    assert [cell.strip() for cell in summary.split("│")[1:4]] == ["2", "0", "1"]
+    summary = next(line for line in out.splitlines() if line.count("│") == 5)
+    assert [cell.strip() for cell in summary.split("│")[1:5]] == ["2", "0", "1", "1"]  # readme.txt left out
 
     # a second run skips what is done; --format png writes PNGs next to them
     (root / "broken.png").unlink()
     code, out = run("deblur-dir", root, "-r", "--weights", weights, *FAST)
     assert code == 0, out
-    summary = next(line for line in out.splitlines() if line.count("│") == 4)
-    assert [cell.strip() for cell in summary.split("│")[1:4]] == ["0", "2", "0"]
+    summary = next(line for line in out.splitlines() if line.count("│") == 5)
+    assert [cell.strip() for cell in summary.split("│")[1:5]] == ["0", "2", "1", "0"]
     code, out = run("deblur-dir", root, "-r", "--format", "png", "--ext", "jpg", "--weights", weights, *FAST)
     assert code == 0, out
     assert (outdir / "a.png").is_file() and not (outdir / "sub" / "b.png.png").exists()

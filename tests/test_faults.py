@@ -813,3 +813,25 @@ def test_an_out_of_range_option_is_a_usage_error_as_the_readme_says(tmp_path: Pa
         in readme
     result = run("deblur", photo(tmp_path / "a.png"), "--quality", quality, "--weights", weights)
     assert result.code == 2 and "Invalid value for '--quality'" in result.err and not (tmp_path / "a_deblurred.png").exists()
+
+
+def test_deblur_dir_counts_every_file_it_leaves_out_with_a_reason(tmp_path: Path, weights: Path) -> None:
+    """Issue #20 item 14: a user's cat_deblurred.png and a notes file are counted and named, an AVIF photo
+    (which msdn deblur reads) is deblurred, to PNG."""
+    from PIL import features
+
+    root = tmp_path / "in"
+    photo(root / "cat.jpg")
+    photo(root / "cat_deblurred.png")
+    (root / "notes.txt").write_text("hi")
+    if features.check("avif"):
+        Image.open(photo(root / "tmp.png")).save(root / "x.avif")
+        (root / "tmp.png").unlink()
+    result = run("deblur-dir", root, "-o", tmp_path / "out", "--weights", weights, *FAST)
+    assert result.code == 0, result.err
+    rows = " ".join(result.err.split())
+    assert "cat_deblurred.png │ named as msdn deblur's output of cat.* beside it" in rows
+    assert "notes.txt │ not a photo type deblur-dir reads (.txt)" in rows
+    assert re.search(r"│ +[23] │ +0 │ +2 │ +0 │", rows), rows
+    written = sorted(p.name for p in (tmp_path / "out").iterdir() if not p.name.startswith("."))
+    assert written == (["cat.jpg", "x.png"] if features.check("avif") else ["cat.jpg"])

@@ -164,6 +164,9 @@ def deblur_dir_command(
         raise typer.Exit(1)
 
 
+LEFT_OUT_SHOWN = 20  # a folder of sidecar files would otherwise bury the failures
+
+
 def _print_summary(title: str, report: Any) -> None:
     """Counts, then a table of the failures (if any) with their reasons."""
     from rich.table import Table
@@ -171,9 +174,18 @@ def _print_summary(title: str, report: Any) -> None:
     summary = Table(title=title)
     summary.add_column("processed", justify="right", style="green")
     summary.add_column("skipped (exist)", justify="right", style="yellow")
+    summary.add_column("left out", justify="right", style="dim")
     summary.add_column("failed", justify="right", style="red")
-    summary.add_row(str(len(report.processed)), str(len(report.skipped)), str(len(report.failed)))
+    summary.add_row(*(str(len(part)) for part in (report.processed, report.skipped, report.left_out, report.failed)))
     console.print(summary)
+    if report.left_out:
+        shown = report.left_out[:LEFT_OUT_SHOWN]
+        left = Table(title="Left out" + (f" (first {LEFT_OUT_SHOWN})" if len(report.left_out) > LEFT_OUT_SHOWN else ""))
+        left.add_column("file", overflow="fold")
+        left.add_column("why", overflow="fold")
+        for path, reason in shown:
+            left.add_row(str(path), reason)
+        console.print(left)
     if report.failed:
         failures = Table(title="Failures", show_lines=False)
         failures.add_column("file", overflow="fold")
