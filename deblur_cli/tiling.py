@@ -16,7 +16,9 @@ total weight of 1 (never 0), and a model whose receptive-field radius is at most
 gives exactly the same output tiled as on the whole reflect-padded image.
 
 Axes no longer than `tile` are a single tile of length n + 2 * pad, so small images (down to 1x1)
-run in one model call; the model itself pads to its size multiple.
+run in one model call; the model itself pads to its size multiple. An axis thinner than the overlap
+is padded only up to that multiple (`thin_pad`), so the exactness above holds for axes at least
+`overlap` long.
 """
 
 from __future__ import annotations
@@ -133,12 +135,23 @@ def plan_image(height: int, width: int, tile: int, overlap: int,
     return _plan_axis(height, tile, overlap, multiple), _plan_axis(width, tile, overlap, multiple)
 
 
+def thin_pad(length: int, overlap: int, multiple: int) -> int:
+    """The border pad of an axis one tile covers: `border_pad`, except that an axis thinner than the
+    overlap (a 1-pixel strip) is padded only within its size multiple. The full pad made a 100000x1
+    strip compute 48 rows for each one kept (20 s, 3x what 16 rows take); the price is that such a
+    strip's borders see the model's own padding rather than reflected context."""
+    if length >= overlap:
+        return border_pad(overlap)
+    return min(border_pad(overlap), (-(-length // multiple) * multiple - length) // 2)
+
+
 def _plan_axis(length: int, tile: int, overlap: int, multiple: int) -> list[AxisTile]:
     if length < 1:
         raise ValueError(f"cannot tile an empty axis (length {length})")
-    pad = border_pad(overlap)
     if length <= tile:
+        pad = thin_pad(length, overlap, multiple)
         return [AxisTile(-pad, length + pad, (-pad, -pad), (length + pad, length + pad), (0, length))]
+    pad = border_pad(overlap)
 
     tile = max(fitted_tile(length + 2 * pad, tile, overlap, multiple), overlap + 1)
     starts = [s - pad for s in axis_starts(length + 2 * pad, tile, overlap)]
