@@ -9,6 +9,7 @@ code ever runs; `vgg.py` reads its torchvision files through the same `torch_loa
 from __future__ import annotations
 
 from collections.abc import Mapping
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,9 @@ def torch_load(path: Path, what: str = "PyTorch checkpoint") -> Any:
     if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):  # torch's zip format, or a legacy pickle
         raise MsdnError(f"{path} is not a {what}: it is not a PyTorch file at all")
     try:
-        return torch.load(str(path), map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about a legacy pickle's protocol before refusing it
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types here (UnpicklingError, RuntimeError, EOFError...)
         if str(exc).strip().startswith("Weights only load failed"):  # torch's text is a paragraph about pickle
             reason = "it is not a torch file of plain tensors; files that run code on load are refused"

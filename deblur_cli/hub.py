@@ -8,8 +8,11 @@ file is checked against the manifest's size and sha256 before use; a mismatch is
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -85,6 +88,21 @@ def _tqdm_for(progress: Progress) -> type:
     return _CallbackBar
 
 
+@contextlib.contextmanager
+def quiet_hub() -> Iterator[None]:
+    """huggingface_hub logs every retry of a failed request to stderr ("Retrying in 8s [Retry 5/5]",
+    "Connection refused ..."); it still retries, but the user reads only msdn's one line at the end."""
+    logger = logging.getLogger("huggingface_hub")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
 def _hub_error(exc: BaseException, entry: ModelEntry, settings: HubSettings) -> MsdnError:
     from huggingface_hub.errors import (EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError,
                                         RepositoryNotFoundError, RevisionNotFoundError)
@@ -96,7 +114,8 @@ def _hub_error(exc: BaseException, entry: ModelEntry, settings: HubSettings) -> 
     if isinstance(exc, RepositoryNotFoundError):
         return MsdnError(f"repository {where} not found, or private/gated (model '{entry.name}')")
     if isinstance(exc, LocalEntryNotFoundError):
-        return MsdnError(f"model '{entry.name}' could not be downloaded from {where} and is not in the Hub cache "
+        return MsdnError(f"model '{entry.name}' could not be downloaded from {where} (after huggingface_hub's retries) "
+                         f"and is not in the Hub cache "
                          f"{settings.cache_dir}: check the network, or run `msdn weights download {entry.name}` on "
                          "a connected machine, or pass --weights PATH")
     if isinstance(exc, EntryNotFoundError):
@@ -116,8 +135,10 @@ def cached_file(entry: ModelEntry, settings: HubSettings | None = None) -> Path 
         return None
     settings = settings or hub_settings()
     try:
-        path = hf_hub_download(entry.repo_id, entry.filename, revision=entry.revision, cache_dir=settings.cache_dir,
-                               endpoint=settings.endpoint, local_files_only=True, token=False)
+        with quiet_hub():
+            path = hf_hub_download(entry.repo_id, entry.filename, revision=entry.revision,
+                                   cache_dir=settings.cache_dir, endpoint=settings.endpoint, local_files_only=True,
+                                   token=False)
     except (EntryNotFoundError, OSError, ValueError):
         return None
     return Path(path)
@@ -137,9 +158,10 @@ def download_file(entry: ModelEntry, settings: HubSettings | None = None, *, for
                         "(--offline or HF_HUB_OFFLINE): run `msdn weights download "
                         f"{entry.name}` on a connected machine and copy its cache, or pass --weights PATH")
     try:
-        path = hf_hub_download(entry.repo_id, entry.filename, revision=entry.revision, cache_dir=settings.cache_dir,
-                               endpoint=settings.endpoint, force_download=force, token=False,
-                               tqdm_class=_tqdm_for(progress) if progress is not None else None)
+        with quiet_hub():
+            path = hf_hub_download(entry.repo_id, entry.filename, revision=entry.revision,
+                                   cache_dir=settings.cache_dir, endpoint=settings.endpoint, force_download=force,
+                                   token=False, tqdm_class=_tqdm_for(progress) if progress is not None else None)
     except Exception as exc:  # huggingface_hub and httpx raise many types; all become one line
         raise _hub_error(exc, entry, settings) from None
     return verify_file(Path(path), entry, "downloaded file")

@@ -19,7 +19,7 @@ from deblur_cli.checkpoint import Checkpoint, load_checkpoint
 from deblur_cli.configfile import config_json, side_files
 from deblur_cli.errors import MsdnError, first_line
 from deblur_cli.files import atomic_write_bytes, remove_stale_temps
-from deblur_cli.hub import HubSettings, hub_settings
+from deblur_cli.hub import HubSettings, hub_settings, quiet_hub
 from deblur_cli.manifest import COMMIT_HASH, REPO_ID
 from deblur_cli.architectures import GeneratorConfig, arch_of, build
 from deblur_cli.tiling import model_tiling
@@ -181,15 +181,16 @@ def push_weights(name: str, weights: Path, repo_id: str, *, revision: str | None
         raise MsdnError("cannot push while offline (--offline or HF_HUB_OFFLINE is set)")
     api = HfApi(endpoint=settings.endpoint, token=token)
     try:
-        if create:
-            api.create_repo(repo_id, private=private, exist_ok=True)
-        info = api.create_commit(
-            repo_id,
-            [CommitOperationAdd(weights.name, str(weights)),
-             CommitOperationAdd("config.json", config_bytes),
-             CommitOperationAdd("README.md", readme_bytes)],
-            commit_message=f"Add MSDN generator '{name}'", revision=revision,
-        )
+        with quiet_hub():  # its retry lines would come before our one-line error
+            if create:
+                api.create_repo(repo_id, private=private, exist_ok=True)
+            info = api.create_commit(
+                repo_id,
+                [CommitOperationAdd(weights.name, str(weights)),
+                 CommitOperationAdd("config.json", config_bytes),
+                 CommitOperationAdd("README.md", readme_bytes)],
+                commit_message=f"Add MSDN generator '{name}'", revision=revision,
+            )
     except Exception as exc:  # one line for the user, whatever huggingface_hub/httpx raised
         raise _push_error(exc, repo_id, revision, settings) from None
     commit = getattr(info, "oid", None)

@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import re
+import subprocess
+import sys
 import time
+import warnings
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
@@ -230,6 +234,25 @@ def test_pickled_code_is_refused(tmp_path):
     ckpt.write_bytes(b"")  # truncated to nothing
     with pytest.raises(MsdnError, match=r"is empty \(0 bytes\), not a PyTorch checkpoint"):
         w.load_generator(weights=ckpt)
+
+
+class RunsCode:
+    def __reduce__(self):
+        return (os.remove, (self.victim,))
+
+
+def test_a_protocol_4_pickle_that_runs_code_is_refused_without_a_warning(tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("mine")
+    payload = RunsCode()
+    payload.victim = str(victim)
+    ckpt = tmp_path / "evil.pth"
+    ckpt.write_bytes(pickle.dumps({"state_dict": payload}, protocol=4))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch's "Detected pickle protocol 4" UserWarning printed before the error
+        with pytest.raises(MsdnError, match="files that run code on load are refused"):
+            w.load_generator(weights=ckpt)
+    assert victim.read_text() == "mine"
 
 
 def test_bare_state_dict_pt_needs_sibling_config(tmp_path):
@@ -554,6 +577,25 @@ def test_unreachable_endpoint_gives_one_line_after_retries(monkeypatch, hf_cache
                                         r"msdn weights download gopro") as info:
         w.load_generator()
     assert "\n" not in str(info.value)
+
+
+def test_an_unreachable_endpoint_prints_one_line_not_the_hub_clients_retries(hf_cache, manifest):
+    path = manifest([valid_entry()], default="gopro")
+    code = ("import pathlib, sys, time\n"
+            "time.sleep = lambda s: None  # skip the retries' back-off (~23 s), not the retries\n"
+            "import deblur_cli.manifest as mf\n"
+            "mf.MANIFEST_PATH = pathlib.Path(sys.argv[1])\n"
+            "from deblur_cli.cli import main\n"
+            "sys.argv = ['msdn', 'weights', 'download', 'gopro']\n"
+            "main()\n")
+    env = {**os.environ, "HF_ENDPOINT": "http://127.0.0.1:9", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-c", code, str(path)], env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 1
+    assert (done.stdout + done.stderr).strip().splitlines() == [
+        "Error: model 'gopro' could not be downloaded from owner/repo on http://127.0.0.1:9 (after "
+        "huggingface_hub's retries) and is not in the Hub cache " + f"{hf_cache}: check the network, or run "
+        "`msdn weights download gopro` on a connected machine, or pass --weights PATH"]
 
 
 def test_export_from_a_trained_safetensors_keeps_its_metrics(tmp_path):

@@ -44,8 +44,14 @@ def _byte_progress(label: str) -> Iterator[Callable[[int, int], None]]:
     columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
                TimeRemainingColumn())
     with Progress(*columns, console=console) as bar:  # drawn in logs too: its last state says what arrived
-        task = bar.add_task(label, total=None)
-        yield lambda done, total: bar.update(task, completed=done, total=total or None)
+        tasks: list = []  # added when the download starts: a refused connection draws no empty bar
+
+        def update(done: int, total: int) -> None:
+            if not tasks:
+                tasks.append(bar.add_task(label, total=None))
+            bar.update(tasks[0], completed=done, total=total or None)
+
+        yield update
 
 
 @friendly_errors
@@ -159,26 +165,46 @@ def weights_verify(
 
 @friendly_errors
 def weights_export(
-    checkpoint: Path = typer.Argument(..., help="Training checkpoint (.pt from `msdn train`)."),
-    output: Path = typer.Option(..., "--output", "-o", help="The .safetensors file to write."),
-    dtype: str = typer.Option("fp32", "--dtype", help="fp32 or fp16 storage."),
+    checkpoint: Path = typer.Argument(..., help="Training checkpoint (.pt from `msdn train`) or weight file."),
+    output: Path | None = typer.Option(None, "--output", "-o", help="The .safetensors file to write."),
+    onnx: Path | None = typer.Option(None, "--onnx", help="An ONNX file to write (float32, dynamic batch/H/W; "
+                                     "with -o, of the weights -o writes)."),
+    dtype: str = typer.Option("fp32", "--dtype", help="fp32 or fp16 storage of the .safetensors file."),
     name: str | None = typer.Option(None, "--name", help="Model name (default: the output file's stem)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing output files."),
 ) -> None:
-    """Turn a training checkpoint into safetensors + config.json + a model card; print its manifest entry."""
+    """Turn a training checkpoint into safetensors + config.json + a model card (print its manifest entry),
+    and/or into an ONNX file."""
     import json
 
     import torch
 
+    from deblur_cli.onnx_export import check_onnx_target, export_onnx, require_onnx
     from deblur_cli.publish import export_checkpoint
 
+    if output is None and onnx is None:
+        raise typer.BadParameter("neither given: name a .safetensors file (-o), an .onnx file (--onnx) or both",
+                                 param_hint="'-o' / '--onnx'")
     dtypes = {"fp32": torch.float32, "fp16": torch.float16}
     if dtype not in dtypes:
         raise fail(f"--dtype must be fp32 or fp16, got '{dtype}'")
-    result = export_checkpoint(checkpoint, output, dtype=dtypes[dtype], name=name, overwrite=overwrite)
-    say(f"[green]wrote[/] {result.weights}, {result.config_json}, {result.readme}")
-    say("Manifest entry (fill in repo_id/revision, or use `msdn weights push`):")
-    typer.echo(json.dumps(result.entry, indent=2))
+    if onnx is not None:  # refused before -o writes anything
+        require_onnx()
+        check_onnx_target(onnx, overwrite)
+    source = checkpoint
+    if output is not None:
+        result = export_checkpoint(checkpoint, output, dtype=dtypes[dtype], name=name, overwrite=overwrite)
+        say(f"[green]wrote[/] {result.weights}, {result.config_json}, {result.readme}")
+        source = result.weights  # the ONNX file then records the sha256 of the manifest entry's file
+    if onnx is not None:
+        exported = export_onnx(source, onnx, overwrite=overwrite)
+        say(f"[green]wrote[/] {exported.path} ({_size(exported.size_bytes)}, ONNX opset {exported.opset}; "
+            f"input (N, 3, H, W) RGB in [0, 1], sides >= {exported.size_multiple} px)")
+    if output is not None:
+        say("Manifest entry (fill in repo_id/revision, or use `msdn weights push`):")
+        typer.echo(json.dumps(result.entry, indent=2))
+    else:
+        typer.echo(str(onnx))
 
 
 @friendly_errors
