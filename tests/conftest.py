@@ -11,6 +11,7 @@ except msdn's own (`.msdn-*`, run folders) and, with --overwrite, the outputs na
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,11 @@ from typer.testing import CliRunner
 
 from deblur_cli.model import MSDN, MSDNConfig
 from deblur_cli.weightfile import save_weights
+
+# The CLI's --runtime default is auto, which is OpenVINO on a CPU where the extra is installed (as with
+# the test extra). The suite pins torch so its exact comparisons with torch references hold; the
+# OpenVINO tests (test_openvino_runtime.py) pass --runtime themselves. Subprocesses inherit it.
+os.environ["MSDN_RUNTIME"] = "torch"
 
 def photo_crop(size: int, n: int = 1) -> torch.Tensor:
     """A real photo crop (n, 3, size, size) in [0, 1] (the blur renderers' tests share it)."""
@@ -50,7 +56,7 @@ def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 OUTPUT_OPTIONS = frozenset({"-o", "--output", "--export", "--json", "--csv", "--save-images", "--checkpoint-dir",
-                            "--resume"})
+                            "--resume", "--onnx"})
 MAX_GUARDED_FILES = 2000  # a folder argument bigger than this is a test's data tree, not worth hashing
 
 
