@@ -268,7 +268,9 @@ class MSDN(nn.Module):
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, all_scales: bool = False) -> Tensor | list[Tensor]:
+        """The restored image; with `all_scales`, every pass's output, coarsest first (deep supervision
+        scores each against the sharp image averaged to its scale)."""
         cfg = self.config
         h, w = x.shape[-2:]
         padded = pad_to_multiple(x, cfg.size_multiple)
@@ -277,12 +279,14 @@ class MSDN(nn.Module):
         # scale. Each finer pass starts from its blurred input plus the coarser pass's correction,
         # upsampled: a 60 px blur is 15 px at quarter scale, where the network does well.
         out = coarse = None
+        outputs = []
         for level in reversed(range(cfg.scales)):
             blurred = F.avg_pool2d(padded, 2**level) if level else padded  # (B, 3, H/2^l, W/2^l)
             start = blurred if out is None else blurred + F.interpolate(
                 out - coarse, scale_factor=2, mode="bilinear", align_corners=False)
             out, coarse = self.restore(start), blurred
-        return out[..., :h, :w].clamp(0.0, 1.0)
+            outputs.append(out[..., :-(-h // 2**level), :-(-w // 2**level)].clamp(0.0, 1.0))
+        return outputs if all_scales else outputs[-1]
 
     def restore(self, x: Tensor) -> Tensor:
         """One pass at one scale: (B, 3, h, w), sides multiples of the one-scale multiple -> x + residual."""

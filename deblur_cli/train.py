@@ -176,6 +176,9 @@ def train(config: TrainConfig | None, model_config: MSDNConfig | None = None, *,
             if target.exists():
                 raise MsdnError(f"{target} already exists (pass --overwrite to replace it)")
     model_config = model_config or MSDNConfig()
+    if config.deep_supervision > 0 and getattr(model_config, "scales", 1) < 2:
+        raise MsdnError("--deep-supervision weights the coarser passes of a multi-scale network: it needs "
+                        "--scales 2 or more")
     ddp = init_distributed(config.device)
     try:
         return _train(config, model_config, checkpoint, ddp, callback if ddp.main else None, notices, resume, stop)
@@ -366,7 +369,10 @@ def _step(run: _Run, blurred: Tensor, sharp: Tensor, content_fn: ContentLoss | N
         if run.stoppable and nets.critic is not None else None
     assert nets.g_forward is not None
     with autocast(run.amp, device):
-        fake = nets.g_forward(blurred)
+        if config.deep_supervision > 0:  # every pass's output, coarsest first
+            *coarse, fake = nets.g_forward(blurred, all_scales=True)
+        else:
+            coarse, fake = [], nets.g_forward(blurred)
     if nets.d_train is not None:
         critic_record = critic_updates(nets, config, run.amp, fake, sharp,
                                        run.out_of_time if began is not None else None)
@@ -376,7 +382,7 @@ def _step(run: _Run, blurred: Tensor, sharp: Tensor, content_fn: ContentLoss | N
             run.emit(run.stop_event())
             return False
         record.update(critic_record or {})
-    loss_g = generator_update(nets, config, run.amp, fake, sharp, content_fn, record)
+    loss_g = generator_update(nets, config, run.amp, fake, sharp, content_fn, record, coarse)
     _refuse_divergence(run, {**record, "loss_g": loss_g})
     run.step += 1
     record["loss_g"] = loss_g

@@ -61,6 +61,7 @@ class TrainConfig:
     content_loss: str = "charbonnier"
     content_weight: float = 1.0
     fft_weight: float = 0.1
+    deep_supervision: float = 0.0  # scales > 1: weight of the content loss of every coarser pass's output
     critic_channels: int = 64
     blur_strength: tuple[float, float] = (2.0, 60.0)  # path length in pixels
     blur_families: tuple[str, ...] = shake.TRAIN_FAMILIES
@@ -132,6 +133,8 @@ class TrainConfig:
             problems.append("val-every must be at least 1")
         if self.max_minutes is not None and not 0 < self.max_minutes < math.inf:  # NaN fails both
             problems.append(f"max-minutes must be a positive number of minutes, got {self.max_minutes:g}")
+        if not 0 <= self.deep_supervision < math.inf:
+            problems.append(f"deep-supervision must be a weight of 0 or more, got {self.deep_supervision:g}")
         if self.workers < 0 or self.render_workers < 0:
             problems.append("workers cannot be negative")
         if not (0 < self.lr < math.inf and 0 <= self.lr_final < math.inf):  # NaN fails every comparison

@@ -6,12 +6,13 @@ generator's content loss (perceptual, L1, Charbonnier or PSNR), adversarial term
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel
 
@@ -132,8 +133,9 @@ def critic_updates(nets: Nets, config: TrainConfig, amp: str | None, fake: Tenso
 
 
 def generator_update(nets: Nets, config: TrainConfig, amp: str | None, fake: Tensor, sharp: Tensor,
-                     content_fn: ContentLoss | None, record: dict[str, Any]) -> float:
-    """Content + adversarial + FFT loss, one optimizer and schedule step, the EMA; the loss terms go to `record`."""
+                     content_fn: ContentLoss | None, record: dict[str, Any], coarse: Sequence[Tensor] = ()) -> float:
+    """Content + adversarial + FFT loss (+ the coarser passes' content loss), one optimizer and schedule
+    step, the EMA; the loss terms go to `record`."""
     device = sharp.device
     nets.opt_g.zero_grad(set_to_none=True)
     loss_g = torch.zeros((), device=device)
@@ -142,6 +144,11 @@ def generator_update(nets: Nets, config: TrainConfig, amp: str | None, fake: Ten
             content = content_fn(fake.float(), sharp)
             loss_g = loss_g + config.content_weight * content
             record["content"] = content.item()
+            if coarse and config.deep_supervision > 0:
+                deep = torch.stack([content_fn(out.float(), F.interpolate(sharp, size=out.shape[-2:], mode="area"))
+                                    for out in coarse]).mean()
+                loss_g = loss_g + config.deep_supervision * deep
+                record["deep"] = deep.item()
         if nets.critic is not None:
             nets.critic.requires_grad_(False)  # the critic only scores here; its DDP hooks stay quiet
             adv = L.adversarial_loss(nets.critic(fake).float())

@@ -176,6 +176,10 @@ def test_scale_recurrence_shares_weights_and_runs_coarse_to_fine():
     start = x + torch.nn.functional.interpolate(correction, scale_factor=2, mode="bilinear", align_corners=False)
     expected = one_net.restore(start).clamp(0, 1)
     assert torch.allclose(two_net(x), expected, atol=1e-6) and not torch.allclose(two_net(x), one_net(x), atol=1e-3)
+    outputs = two_net(x, all_scales=True)  # deep supervision's view: coarsest first, the last is the output
+    assert [o.shape[-2:] for o in outputs] == [half.shape[-2:], x.shape[-2:]]
+    assert torch.allclose(outputs[0], one_net.restore(half).clamp(0, 1), atol=1e-6)
+    assert torch.equal(outputs[-1], two_net(x))
     assert MSDNConfig.from_dict({k: v for k, v in TINY.to_dict().items() if k != "scales"}) == TINY  # older files
     with pytest.raises(ValueError, match="scales must be 1..4"):
         dataclasses.replace(TINY, scales=0)

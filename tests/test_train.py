@@ -23,7 +23,9 @@ from deblur_cli import vgg as V
 from deblur_cli.checkpoint import load_training_checkpoint
 from deblur_cli.cli import app
 from deblur_cli.errors import MsdnError
+from deblur_cli.losses import l1_loss
 from deblur_cli.model import MSDNConfig
+from deblur_cli.trainstep import build_nets, generator_update
 from deblur_cli.weightfile import build_generator, load_weights_file
 from conftest import TINY
 
@@ -109,6 +111,30 @@ def test_tiny_run_end_to_end(photos: Path, tmp_path: Path) -> None:
     build_generator(config, state)
     lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [x["step"] for x in lines if x["event"] == "step"] == [1, 2, 3, 4]
+
+
+def test_deep_supervision_adds_the_coarser_passes_content_loss(photos: Path, tmp_path: Path) -> None:
+    two = replace(TINY, scales=2)
+    config = tiny_config(photos, tmp_path / "run", adv_weight=0.0, fft_weight=0.0, deep_supervision=0.5)
+    nets = build_nets(config, two, torch.device("cpu"), None, False, total=2)
+    generator = nets.generator
+    torch.manual_seed(0)
+    for p in generator.parameters():  # not the identity it starts as, so the coarse pass has a loss to give
+        torch.nn.init.normal_(p, std=0.05)
+    blurred, sharp = torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32)
+    *coarse, fake = generator(blurred, all_scales=True)
+    record: dict[str, Any] = {}
+    loss = generator_update(nets, config, None, fake, sharp, l1_loss, record, coarse)
+    expected_deep = (coarse[0] - torch.nn.functional.avg_pool2d(sharp, 2)).abs().mean()  # independent of F.interpolate
+    assert record["deep"] == pytest.approx(expected_deep.item(), rel=1e-5)
+    assert loss == pytest.approx(record["content"] + 0.5 * record["deep"], rel=1e-5)
+
+    rec = Recorder()
+    T.train(replace(config, steps=2), two, callback=rec)
+    assert all("deep" in e for e in rec.steps().values())
+    with pytest.raises(MsdnError, match="--deep-supervision weights the coarser passes of a multi-scale network: "
+                                        "it needs --scales 2 or more"):
+        T.train(replace(config, checkpoint_dir=str(tmp_path / "one")), TINY)
 
 
 def test_resume_continues_exactly(photos: Path, tmp_path: Path) -> None:
