@@ -4,7 +4,8 @@ The network sees a (1, 3, H, W) float32 RGB tensor in [0, 1]. Everything else ab
 bit depth, grayscale-ness, ICC profile, EXIF -- is kept on a `LoadedImage` and put back on save, so a
 deblurred photo differs from its input only in its pixels.
 
-Pillow has no 16-bit RGB mode; `codec16` reads and writes such files.
+Pillow has no 16-bit RGB or gray + alpha mode: `codec16` reads and writes those. `heif` finds the HEIC and
+AVIF codecs when such a file is met. Animated and multi-page files are refused: msdn deblurs still photos.
 """
 
 from __future__ import annotations
@@ -26,32 +27,22 @@ import torch
 from PIL import Image, ImageCms, UnidentifiedImageError, features
 from torch import Tensor
 
-from deblur_cli.codec16 import PNG_LEVEL, decode_16bit_rgb, gray16_planes, high_byte_rawmodes, png16, tiff16
+from deblur_cli import heif
+from deblur_cli.codec16 import PNG_LEVEL, decode_16bit, gray16_planes, png16, tiff16, truncated_rawmode
 from deblur_cli.errors import MsdnError, first_line
+from deblur_cli.exif import orient, orientation, upright_exif
 from deblur_cli.files import atomic_write_bytes, write_error
 
-# Extensions read from directories and written by `save_image`, with the Pillow format each writes.
-OUTPUT_FORMATS: dict[str, str] = {
-    ".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".tif": "TIFF", ".tiff": "TIFF",
-    ".bmp": "BMP",
-}
-IMAGE_EXTENSIONS: frozenset[str] = frozenset(OUTPUT_FORMATS)
-# What deblur-dir also reads (written back as PNG): stills Pillow decodes when built with the codec.
-READ_EXTENSIONS: frozenset[str] = IMAGE_EXTENSIONS | frozenset({".avif"} if features.check("avif") else ())
+# Formats Pillow always reads and writes, with the Pillow format of each extension (training and eval sets use these).
+CORE_FORMATS: dict[str, str] = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".tif": "TIFF",
+                                ".tiff": "TIFF", ".bmp": "BMP"}
+IMAGE_EXTENSIONS: frozenset[str] = frozenset(CORE_FORMATS)
+# What deblur and deblur-dir read and write: the core and the phone formats, whose codecs `heif` finds when needed.
+OUTPUT_FORMATS: dict[str, str] = {**CORE_FORMATS, **heif.FORMATS}
+READ_EXTENSIONS: frozenset[str] = frozenset(OUTPUT_FORMATS)
 DEFAULT_MAX_PIXELS = 100_000_000  # a 100 MP photo already needs ~2.4 GB as float32 in and out
-ORIENTATION_TAG = 0x0112
 GRAY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N"})
-
-# EXIF orientation -> the (H, W, C) array operation Pillow's exif_transpose applies to images.
-_ORIENT = {
-    2: lambda a: a[:, ::-1],  # FLIP_LEFT_RIGHT
-    3: lambda a: a[::-1, ::-1],  # ROTATE_180
-    4: lambda a: a[::-1],  # FLIP_TOP_BOTTOM
-    5: lambda a: a.transpose(1, 0, 2),  # TRANSPOSE
-    6: lambda a: np.rot90(a, -1),  # ROTATE_270
-    7: lambda a: np.rot90(a, 2).transpose(1, 0, 2),  # TRANSVERSE
-    8: lambda a: np.rot90(a, 1),  # ROTATE_90
-}
+_STILL_WITH_EXTRAS = frozenset({"MPO"})  # JPEG + previews or a stereo pair's other eye: the first frame is the photo
 # Errors Pillow and its codecs raise on a file that is not what it claims to be.
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error, IndexError, TypeError)
 
@@ -67,7 +58,7 @@ class LoadedImage:
     rgb: Tensor  # (1, 3, H, W) float32 in [0, 1]
     alpha: Tensor | None  # (1, 1, H, W) float32 in [0, 1], exact multiples of 1/(2^bit_depth - 1)
     bit_depth: int  # 8 or 16
-    mode: str  # Pillow mode of the source file ("RGB", "L", "I;16", "RGBA", "P", "CMYK", ...)
+    mode: str  # Pillow mode of the source ("RGB", "L", "I;16", "RGBA", "P", "CMYK", ...; "LA" also at 16 bits)
     icc_profile: bytes | None = None
     exif: bytes | None = None
 
@@ -113,18 +104,18 @@ def load_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> LoadedImage:
     check_input_file(path)
     with _open(path, max_pixels) as im:
         mode = im.mode
-        rawmodes = high_byte_rawmodes(im) if mode in ("RGB", "RGBA") else None  # before getexif() loads it
+        rawmode = truncated_rawmode(im)  # before getexif() loads the pixels
         try:
-            if rawmodes is not None:
-                planes, bit_depth = decode_16bit_rgb(path, im, rawmodes[1]), 16
+            if rawmode is not None:
+                (planes, mode), bit_depth = decode_16bit(path, im, rawmode), 16
             else:
                 im.load()
                 planes, bit_depth, icc = _decode_pil(im, im.info.get("icc_profile") or None)
             # read after decoding: PNG keeps EXIF after the pixels, and Pillow's TIFF loader turns the
             # pixels upright itself and then drops the tag, so it must not be applied twice
-            orientation = _orientation(im)
-            exif = _upright_exif(im.info.get("exif"))
-            if rawmodes is not None:
+            turn = orientation(im)
+            exif = upright_exif(im.info.get("exif"))
+            if rawmode is not None:
                 icc = im.info.get("icc_profile") or None
         except MsdnError:
             raise
@@ -133,7 +124,7 @@ def load_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> LoadedImage:
         except _DECODE_ERRORS as exc:
             raise MsdnError(f"{path}: cannot decode the image, it may be truncated or corrupt "
                             f"({first_line(exc)})") from None
-    planes = _orient(planes, orientation)
+    planes = orient(planes, turn)
     rgb = planes[..., :3]
     alpha = planes[..., 3:] if planes.shape[-1] == 4 else None
     return LoadedImage(
@@ -180,6 +171,7 @@ def check_input_file(path: Path) -> None:
 @contextlib.contextmanager
 def _open(path: Path, max_pixels: int) -> Iterator[Image.Image]:
     """Open for header reading only, refusing oversized images before any pixel is decoded."""
+    heif.require_reader(path)
     old_limit = Image.MAX_IMAGE_PIXELS
     Image.MAX_IMAGE_PIXELS = None  # the check below replaces Pillow's (also made from the header), with our limit
     try:
@@ -200,37 +192,21 @@ def _open(path: Path, max_pixels: int) -> Iterator[Image.Image]:
                                     f"(raise --max-pixels to allow it)")
                 if w == 0 or h == 0:
                     raise MsdnError(f"{path} has no pixels ({w}x{h})")
+                _refuse_frames(path, im)
                 yield im
     finally:
         Image.MAX_IMAGE_PIXELS = old_limit
 
 
-def _orientation(im: Image.Image) -> int:
+def _refuse_frames(path: Path, im: Image.Image) -> None:
+    """One line for an animation or a multi-page file: deblurring only its first frame would lose the rest silently."""
     try:
-        value = im.getexif().get(ORIENTATION_TAG, 1)
-    except Exception:  # a broken EXIF block should not stop a photo from being deblurred
-        return 1
-    return value if isinstance(value, int) and value in _ORIENT else 1
-
-
-def _upright_exif(raw: bytes | None) -> bytes | None:
-    """The EXIF to write back, with orientation 1 since the pixels are already upright."""
-    if not raw:
-        return None
-    try:
-        exif = Image.Exif()
-        exif.load(raw)
-        if ORIENTATION_TAG in exif:
-            exif[ORIENTATION_TAG] = 1
-        return exif.tobytes()
-    except Exception:  # unparsable EXIF: drop it rather than write back a rotation we already applied
-        return None
-
-
-def _orient(planes: np.ndarray, orientation: int) -> np.ndarray:
-    """Apply an EXIF orientation to an (H, W, C) array, as Pillow's exif_transpose does to images."""
-    turn = _ORIENT.get(orientation)
-    return planes if turn is None else np.ascontiguousarray(turn(planes))
+        frames = getattr(im, "n_frames", 1) if im.format not in _STILL_WITH_EXTRAS else 1
+    except _DECODE_ERRORS as exc:
+        raise MsdnError(f"{path}: cannot read the image header ({first_line(exc)})") from None
+    if frames > 1:
+        kind = {"TIFF": "a multi-page TIFF", "HEIF": "a multi-image HEIF"}.get(im.format or "", "an animated image")
+        raise MsdnError(f"{path} is {kind} ({frames} frames); msdn deblurs still photos: extract the frames first")
 
 
 def _decode_pil(im: Image.Image, icc: bytes | None) -> tuple[np.ndarray, int, bytes | None]:
@@ -273,6 +249,7 @@ def output_format(path: Path) -> str:
     if fmt is None:
         suffix = Path(path).suffix or "(none)"
         raise MsdnError(f"cannot write {path}: unknown image extension {suffix} (use one of {known_outputs()})")
+    heif.require_writer(path)  # HEIC / AVIF: the codec is there, or one line naming the extra, before any work
     return fmt
 
 
@@ -282,7 +259,7 @@ def known_outputs() -> str:
 
 def save_image(path: Path, loaded: LoadedImage, rgb: Tensor, quality: int = 95, replace: bool = True) -> list[str]:
     """Write `rgb` in the shape of `loaded`: same bit depth, grayscale-ness, alpha, ICC and EXIF where
-    the format allows (JPEG has no alpha; JPEG, WebP and BMP have no 16 bits; BMP has no metadata).
+    the format allows (JPEG has no alpha; JPEG, WebP, HEIC, AVIF and BMP have no 16 bits; BMP has no metadata).
 
     Returns notes for the user about what the format could not keep (e.g. transparency in a JPEG,
     which is composited on white as a viewer would show it).
@@ -309,11 +286,12 @@ def save_image(path: Path, loaded: LoadedImage, rgb: Tensor, quality: int = 95, 
     if fmt == "BMP":
         icc = exif = None
 
-    if bits == 16 and planes.shape[2] >= 3:  # Pillow cannot hold 16-bit RGB(A)
+    if bits == 16 and planes.shape[2] > 1:  # Pillow cannot hold 16-bit RGB(A) or gray + alpha
         data = png16(planes, icc, exif) if fmt == "PNG" else tiff16(planes, icc)
-        _write(path, data, fmt, loaded.size, replace)
+        # Pillow cannot open a 16-bit gray + alpha TIFF
+        _write(path, data, fmt, loaded.size, replace, pillow_reads=fmt == "PNG" or planes.shape[2] > 2)
         return notes
-    if bits == 16:  # 16-bit grayscale: Pillow's I;16 (a 16-bit gray + alpha source is opened as RGBA)
+    if bits == 16:  # 16-bit grayscale: Pillow's I;16
         image = Image.fromarray(planes[..., 0].astype("<u2"))  # uint16 -> I;16
     else:
         image = Image.fromarray(planes if planes.shape[2] > 1 else planes[..., 0])  # uint8 -> L, LA, RGB, RGBA
@@ -332,9 +310,16 @@ def check_output_dir(path: Path) -> None:
         raise MsdnError(f"cannot write {path}: it is a directory")
 
 
-def _write(path: Path, data: bytes | memoryview, fmt: str, size: tuple[int, int], replace: bool = True) -> None:
-    """Write an encoded image completely (checked, fsynced, read back) before it replaces anything."""
-    atomic_write_bytes(path, data, verify=lambda tmp: _check_written(tmp, fmt, size), replace=replace)
+def _write(path: Path, data: bytes | memoryview, fmt: str, size: tuple[int, int], replace: bool = True,
+           pillow_reads: bool = True) -> None:
+    """Write an encoded image completely (checked, fsynced, read back) before it replaces anything; a
+    file Pillow cannot open is read back byte for byte instead."""
+    def verify(tmp: Path) -> None:
+        if pillow_reads:
+            _check_written(tmp, fmt, size)
+        elif tmp.read_bytes() != data:
+            raise OSError(errno.EIO, f"the written file does not read back as the {fmt} just encoded")
+    atomic_write_bytes(path, data, verify=verify, replace=replace)
 
 
 def _check_written(tmp: Path, fmt: str, size: tuple[int, int]) -> None:
@@ -368,6 +353,8 @@ def _save_pil(path: Path, image: Image.Image, fmt: str, *, quality: int, icc_pro
         options.update(compress_level=PNG_LEVEL)
     elif fmt == "TIFF" and features.check("libtiff"):
         options.update(compression="tiff_deflate")
+    elif fmt in ("HEIF", "AVIF"):
+        options.update(heif.save_options(quality, image.mode))
     buffer = io.BytesIO()  # encode in memory: Pillow's encoders do not check for short writes to a file
     try:
         image.save(buffer, format=fmt, **options)

@@ -776,7 +776,8 @@ def test_an_unwritable_format_names_the_option(tmp_path: Path, weights: Path) ->
     photo(tmp_path / "in" / "a.png")
     result = run("deblur-dir", tmp_path / "in", "-o", tmp_path / "out", "--format", "gif", "--weights", weights)
     assert result.code == 1 and result.error_line == ("Error: --format gif: msdn does not write .gif images (use one "
-                                                      "of .bmp, .jpeg, .jpg, .png, .tif, .tiff, .webp)")
+                                                      "of .avif, .bmp, .heic, .heif, .jpeg, .jpg, .png, .tif, .tiff, "
+                                                      ".webp)")
 
 
 @pytest.mark.parametrize("bad, shown", [({"growth_rate": "16"}, 'growth_rate is "16", expected a whole number'),
@@ -817,7 +818,7 @@ def test_an_out_of_range_option_is_a_usage_error_as_the_readme_says(tmp_path: Pa
 
 def test_deblur_dir_counts_every_file_it_leaves_out_with_a_reason(tmp_path: Path, weights: Path) -> None:
     """Issue #20 item 14: a user's cat_deblurred.png and a notes file are counted and named, an AVIF photo
-    (which msdn deblur reads) is deblurred, to PNG."""
+    is deblurred, to AVIF since issue #21 (msdn writes AVIF when Pillow has it)."""
     from PIL import features
 
     root = tmp_path / "in"
@@ -834,4 +835,28 @@ def test_deblur_dir_counts_every_file_it_leaves_out_with_a_reason(tmp_path: Path
     assert "notes.txt │ not a photo type deblur-dir reads (.txt)" in rows
     assert re.search(r"│ +[23] │ +0 │ +2 │ +0 │", rows), rows
     written = sorted(p.name for p in (tmp_path / "out").iterdir() if not p.name.startswith("."))
-    assert written == (["cat.jpg", "x.png"] if features.check("avif") else ["cat.jpg"])
+    assert written == (["cat.jpg", "x.avif"] if features.check("avif") else ["cat.jpg"])
+
+
+def test_an_animated_photo_is_refused_in_one_line(tmp_path: Path, weights: Path) -> None:
+    """Issue #20 item 12: only the first frame used to be deblurred, silently. msdn refuses, before any weights
+    are looked for; deblur-dir reports the file as failed and goes on."""
+    rng = np.random.default_rng(7)
+    frames = [Image.fromarray(rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)) for _ in range(4)]
+    root = tmp_path / "in"
+    root.mkdir()
+    gif, webp = root / "clip.gif", root / "clip.webp"
+    frames[0].save(gif, save_all=True, append_images=frames[1:], duration=100, loop=0)
+    frames[0].save(webp, save_all=True, append_images=frames[1:], duration=100)
+    photo(root / "still.png")
+    for src in (gif, webp):
+        message = f"Error: {src} is an animated image (4 frames); msdn deblurs still photos: extract the frames first"
+        result = run("deblur", src, "-o", tmp_path / "out.png", "--offline", *FAST)  # no weights needed to refuse
+        assert result.code == 1 and result.error_line == message and not (tmp_path / "out.png").exists()
+    result = run("deblur-dir", root, "-o", tmp_path / "out", "--weights", weights, *FAST)
+    assert result.code == 1 and result.out.splitlines() == [f"Wrote {tmp_path / 'out' / 'still.png'}"]
+    rows = " ".join(result.err.split())
+    assert (f"{webp} │ {webp} is an animated image (4 frames); msdn deblurs still photos: extract the frames first"
+            in rows), rows
+    assert "clip.gif │ not a photo type deblur-dir reads (.gif)" in rows
+    assert re.search(r"│ +1 │ +0 │ +1 │ +1 │", rows), rows

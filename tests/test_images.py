@@ -53,15 +53,19 @@ def _exif(orientation: int = 1, make: str = "TestCam") -> bytes:
 # --- reference 16-bit PNG codec (independent of deblur_cli.images) --------------------------------
 
 
-def _ref_png16_write(array: np.ndarray) -> bytes:
-    """Filter type 0 for every row: the simplest valid encoding."""
+ADAM7 = [(0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2)]
+
+
+def _ref_png16_write(array: np.ndarray, interlace: bool = False) -> bytes:
+    """Filter type 0 for every row: the simplest valid encoding (Adam7: the seven passes' sub-images in turn)."""
     h, w, c = array.shape
 
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
-    rows = b"".join(b"\x00" + array[y].astype(">u2").tobytes() for y in range(h))
-    ihdr = struct.pack(">IIBBBBB", w, h, 16, {3: 2, 4: 6}[c], 0, 0, 0)
+    passes = [array[y0::dy, x0::dx] for x0, y0, dx, dy in ADAM7] if interlace else [array]
+    rows = b"".join(b"\x00" + line.astype(">u2").tobytes() for sub in passes if sub.shape[1] for line in sub)
+    ihdr = struct.pack(">IIBBBBB", w, h, 16, {2: 4, 3: 2, 4: 6}[c], 0, 0, int(interlace))
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
 
 
@@ -78,7 +82,7 @@ def _ref_png16_read(data: bytes) -> tuple[np.ndarray, dict[bytes, bytes]]:
         pos += 12 + length
     w, h, depth, ctype = struct.unpack(">IIBB", chunks[b"IHDR"][:10])
     assert depth == 16
-    c = {2: 3, 6: 4}[ctype]
+    c = {2: 3, 4: 2, 6: 4}[ctype]
     bpp, stride = 2 * c, 2 * c * w
     raw = zlib.decompress(idat)
     prev = [0] * stride
@@ -223,6 +227,94 @@ def test_16bit_grayscale_stays_16bit_grayscale(tmp_path: Path, ext: str) -> None
     with Image.open(out) as im:
         assert im.mode.startswith("I;16")
         np.testing.assert_array_equal(np.asarray(im).astype(np.uint16), gray)
+
+
+def _png_header(data: bytes) -> tuple[int, int, int, int]:
+    """(width, height, bit depth, colour type) straight from the IHDR bytes."""
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
+    return struct.unpack(">IIBB", data[16:26])
+
+
+@pytest.mark.parametrize("interlace", [False, True])
+def test_16bit_gray_alpha_png_stays_16bit_gray_alpha(tmp_path: Path, interlace: bool) -> None:
+    """Issue #20 item 11: it was read as 8-bit RGBA and written back as colour, alpha cut to 256 levels."""
+    pixels = _u16((13, 11, 2))
+    src = tmp_path / "in.png"
+    src.write_bytes(_ref_png16_write(pixels, interlace))
+    loaded = load_image(src)
+    assert loaded.is_gray and loaded.bit_depth == 16 and loaded.mode == "LA"
+    for channel in range(3):
+        np.testing.assert_array_equal(_as_uint(loaded.rgb, 16)[..., channel], pixels[..., 0])
+    np.testing.assert_array_equal(_as_uint(loaded.alpha, 16)[..., 0], pixels[..., 1])
+
+    changed = torch.rand_like(loaded.rgb)  # the network's colour output: written back as one gray plane
+    out = tmp_path / "out.png"
+    save_image(out, loaded, changed)
+    assert _png_header(out.read_bytes()) == (11, 13, 16, 4)  # gray + alpha, 16 bits
+    decoded, _ = _ref_png16_read(out.read_bytes())
+    np.testing.assert_array_equal(decoded[..., 1], pixels[..., 1])  # alpha untouched, all 16 bits
+    luma = _hwc(changed) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    np.testing.assert_array_equal(decoded[..., 0], np.rint(luma * 65535).astype(np.uint16))
+    assert (decoded[..., 0] % 257 != 0).any()  # not 8-bit values widened
+    again = load_image(out)
+    assert (again.mode, again.bit_depth) == ("LA", 16)
+
+
+def test_16bit_gray_alpha_to_tiff_is_16bit_gray_alpha(tmp_path: Path) -> None:
+    """The TIFF every TIFF reader expects (Pillow cannot open one: it is checked byte for byte instead)."""
+    tifffile = pytest.importorskip("tifffile")
+    pixels = _u16((9, 7, 2))
+    src = tmp_path / "in.png"
+    src.write_bytes(_ref_png16_write(pixels))
+    loaded = load_image(src)
+    loaded.icc_profile = _srgb_icc()
+    out = tmp_path / "out.tif"
+    save_image(out, loaded, loaded.rgb)
+    with tifffile.TiffFile(out) as tif:
+        page = tif.pages[0]
+        assert page.photometric == tifffile.PHOTOMETRIC.MINISBLACK and page.samplesperpixel == 2
+        assert page.extrasamples == (tifffile.EXTRASAMPLE.UNASSALPHA,) and page.dtype == np.uint16
+        np.testing.assert_array_equal(tif.asarray(), pixels)
+        assert page.tags[34675].value == loaded.icc_profile
+
+
+def _frames(n: int, mode: str = "RGB") -> list[Image.Image]:
+    return [Image.fromarray(_u8((10, 12, 3))).convert(mode) for _ in range(n)]
+
+
+MULTI_FRAME = {
+    "gif": ("anim.gif", {"duration": 80, "loop": 0}, "an animated image", "P"),
+    "webp": ("anim.webp", {"duration": 80}, "an animated image", "RGB"),
+    "apng": ("anim.png", {"duration": 80}, "an animated image", "RGB"),
+    "tiff": ("pages.tif", {}, "a multi-page TIFF", "RGB"),
+}
+
+
+@pytest.mark.parametrize("kind", list(MULTI_FRAME))
+def test_animated_and_multi_page_files_are_refused(tmp_path: Path, kind: str) -> None:
+    """Issue #20 item 12: only the first frame used to be deblurred, silently."""
+    name, options, what, mode = MULTI_FRAME[kind]
+    src = tmp_path / name
+    first, *rest = _frames(3, mode)
+    first.save(src, save_all=True, append_images=rest, **options)
+    message = f"{src} is {what} (3 frames); msdn deblurs still photos: extract the frames first"
+    for read in (load_image, images.probe_image):
+        with pytest.raises(MsdnError) as e:
+            read(src)
+        assert _one_line_error(e) == message
+    first.save(tmp_path / f"one{src.suffix}", save_all=True, append_images=[], **options)  # one frame: a still
+    assert load_image(tmp_path / f"one{src.suffix}").rgb.shape == (1, 3, 10, 12)
+
+
+def test_a_jpeg_with_preview_frames_is_a_still(tmp_path: Path) -> None:
+    """MPO (a phone's JPEG with a preview or depth frame, a stereo camera's pair): the first frame is the photo."""
+    first, second = _frames(2)
+    src = tmp_path / "photo.jpg"
+    first.save(src, format="MPO", save_all=True, append_images=[second])
+    with Image.open(src) as im:
+        assert im.format == "MPO" and im.n_frames == 2
+        expected = np.asarray(im.convert("RGB"))
+    np.testing.assert_array_equal(_as_uint(load_image(src).rgb, 8), expected)
 
 
 def test_8bit_grayscale_stays_grayscale(tmp_path: Path) -> None:
