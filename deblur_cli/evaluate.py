@@ -24,8 +24,7 @@ from deblur_cli.datasets import Dataset, Pair, Problem, relative
 from deblur_cli.errors import MsdnError
 from deblur_cli.files import atomic_write_bytes
 from deblur_cli.images import check_output_dir, load_image, save_rgb
-from deblur_cli.inference import deblur
-from deblur_cli.model import MSDN
+from deblur_cli.inference import Network, deblur
 from deblur_cli.tiling import DEFAULT_OVERLAP, DEFAULT_TILE, validate_tiling
 from deblur_cli.weights import ready_model, select_weights
 
@@ -40,7 +39,7 @@ class Contender:
     with the tiling its manifest entry recommends (the tool's defaults for a file given by path)."""
 
     label: str
-    model: MSDN | None
+    model: Network | None
     tile: int = DEFAULT_TILE
     overlap: int = DEFAULT_OVERLAP
 
@@ -147,16 +146,17 @@ def unique_labels(names: Sequence[str]) -> list[str]:
     return out
 
 
-def load_contenders(models: Sequence[str], weights: Sequence[Path], device: torch.device, *,
-                    identity: bool = False, offline: bool = False) -> list[Contender]:
-    """The columns of a run: identity baseline first (so gains read left to right), then each model.
+def load_contenders(models: Sequence[str], weights: Sequence[Path], device: str | torch.device, *,
+                    identity: bool = False, offline: bool = False, runtime: str = "torch") -> list[Contender]:
+    """The columns of a run: identity baseline first (so gains read left to right), then each model,
+    each run by `runtime` (see `inference.choose_runtime`).
 
     With no model, no weights and no baseline, the default model of the manifest is evaluated.
     """
     sources: list[tuple[str | None, Path | None]] = [(m, None) for m in models] + [(None, Path(w)) for w in weights]
     if not sources and not identity:
         sources = [(None, None)]
-    ready = [ready_model(select_weights(m, w), device, offline=offline) for m, w in sources]
+    ready = [ready_model(select_weights(m, w), device, offline=offline, runtime=runtime) for m, w in sources]
     labels = unique_labels(([IDENTITY] if identity else []) + [r.label for r in ready])
     out = [Contender(IDENTITY, None)] if identity else []
     for label, r in zip(labels[len(out):], ready):
@@ -259,7 +259,7 @@ def evaluate(
                     sorted({p.group for p in pairs}), problems=list(dataset.problems), align=align)
     start = time.perf_counter()
     for contender in contenders:  # the first call pays for kernel selection; keep that out of image 1's time
-        if contender.model is not None:
+        if isinstance(contender.model, torch.nn.Module):  # (other runtimes report their set-up time instead)
             chosen_tile, chosen_overlap = tiling[contender.label]
             side = min(chosen_tile, 512) + 1
             deblur(contender.model, torch.zeros(1, 3, side, side), tile=chosen_tile, overlap=chosen_overlap,
@@ -283,9 +283,11 @@ def evaluate(
                 output, seconds = blurred, 0.0
             else:
                 chosen_tile, chosen_overlap = tiling[contender.label]
+                setup = getattr(contender.model, "setup_seconds", 0.0)
                 output = deblur(contender.model, blurred, tile=chosen_tile, overlap=chosen_overlap,
                                 batch_size=batch_size, amp=amp)
-                seconds = time.perf_counter() - t0
+                # a runtime's conversion / compilation for a new tile shape is set-up, not inference
+                seconds = time.perf_counter() - t0 - (getattr(contender.model, "setup_seconds", 0.0) - setup)
             scored = metrics.crop_border(output, crop_border)
             aligned: tuple[float | None, float | None] = (None, None)
             if align > 0:

@@ -8,12 +8,19 @@ plus one batch of tiles and the model's activations for it, whatever the photo's
 Mixed precision: `amp="bf16"|"fp16"` on CUDA; on a CPU bf16 only (oneDNN autocast), which is ~2x
 faster than float32 where the CPU has native bf16 (AMX / AVX512-BF16) and ~10x slower where it is
 emulated (AVX2 only), so `amp="auto"` picks it only where it is native. fp16 on a CPU is refused.
+
+Runtimes: the network call per batch of tiles is a `Forward` (a CPU float32 batch in, a float32 batch
+out), so every runtime shares this one tiling, blending and clamping path. A torch module becomes one
+through `torch_forward`; any other object passed to `deblur` provides its own (`Runtime`), which is
+how `deblur_cli.openvino_runtime` plugs in.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Protocol, Union
 
 import torch
 from torch import Tensor
@@ -25,6 +32,29 @@ from deblur_cli.tiling import DEFAULT_OVERLAP, DEFAULT_TILE, AxisTile, axis_wind
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 AMP_CHOICES = ("auto", "none", *AMP_DTYPES)  # what --amp accepts, in every command
 AMP_MODES = (None, "auto", *AMP_DTYPES)  # what `deblur(amp=...)` accepts: "none" is spelled None
+RUNTIME_CHOICES = ("auto", "torch", "openvino")  # what --runtime accepts, in every command
+
+
+@dataclass(frozen=True)
+class Forward:
+    """One network call per batch: `run` takes a (B, 3, h, w) float32 CPU tile batch and returns the
+    (B, 3, h, w) float32 result on `device` (where the blend weights are kept)."""
+
+    run: Callable[[Tensor], Tensor]
+    device: torch.device
+
+
+class Runtime(Protocol):
+    """A network that is not a torch module (OpenVINO): it says its size multiple and gives a Forward."""
+
+    size_multiple: int
+
+    def tile_forward(self, amp: str | None) -> Forward: ...
+
+    def describe(self, amp: str | None) -> str: ...
+
+
+Network = Union[torch.nn.Module, Runtime]  # what `deblur` runs: a (prepared) torch module or a Runtime
 
 
 def select_device(name: str = "auto") -> torch.device:
@@ -54,6 +84,29 @@ def select_device(name: str = "auto") -> torch.device:
     raise MsdnError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps")
 
 
+def choose_runtime(runtime: str, device: str | torch.device = "auto") -> tuple[str, torch.device]:
+    """The (runtime, device) a run uses: "auto" is OpenVINO where it is installed and the device is a
+    CPU, else torch; "openvino" runs on the CPU only ("--device auto" means the CPU then) and needs the
+    extra, each refused in one line before any weights are read."""
+    from deblur_cli import openvino_runtime
+
+    choice = runtime.strip().lower()
+    if choice not in RUNTIME_CHOICES:
+        choices = f"{', '.join(RUNTIME_CHOICES[:-1])} or {RUNTIME_CHOICES[-1]}"
+        raise MsdnError(f"unknown --runtime {runtime!r}; use {choices}")
+    wanted = device if isinstance(device, torch.device) else device.strip().lower()
+    if choice == "openvino":
+        if str(wanted) not in ("auto", "cpu"):
+            raise MsdnError(f"--runtime openvino runs on the CPU only, not {wanted}; use --device cpu, or "
+                            "--runtime torch on the GPU")
+        openvino_runtime.require_openvino()
+        return "openvino", torch.device("cpu")
+    target = wanted if isinstance(wanted, torch.device) else select_device(wanted)
+    if choice == "auto" and target.type == "cpu" and openvino_runtime.openvino_available():
+        return "openvino", target
+    return "torch", target
+
+
 def _mps_available() -> bool:
     backend = getattr(torch.backends, "mps", None)
     return bool(backend and backend.is_available())
@@ -70,8 +123,41 @@ def prepare_model(model: MSDN, device: torch.device, channels_last: bool | None 
     return model
 
 
+def torch_forward(model: torch.nn.Module, amp: str | None) -> Forward:
+    """The torch call for `deblur`: tiles to the model's device and memory format, under the autocast
+    `amp` resolves to (refused here, before any tile runs, when the device cannot do it)."""
+    device = next(model.parameters()).device
+    amp_context = autocast(resolve_amp(amp, device), device)
+    memory_format = torch.channels_last if _is_channels_last(model) else torch.contiguous_format
+
+    def run(tiles: Tensor) -> Tensor:
+        tiles = tiles.to(device, non_blocking=True).contiguous(memory_format=memory_format)
+        with amp_context:
+            return model(tiles).float()
+
+    return Forward(run, device)
+
+
+def forward_for(model: Network, amp: str | None) -> Forward:
+    """A torch module runs through `torch_forward`; any other runtime brings its own Forward."""
+    return torch_forward(model, amp) if isinstance(model, torch.nn.Module) else model.tile_forward(amp)
+
+
+def describe_runtime(model: Network, amp: str | None) -> str:
+    """How a run is printed once by the CLI: `torch 2.13.0 cpu, 1 thread, fp32`, `openvino 2026.4.1 cpu, ...`."""
+    if not isinstance(model, torch.nn.Module):
+        return model.describe(amp)
+    device = next(model.parameters()).device
+    where = f"cpu, {threads_label(torch.get_num_threads())}" if device.type == "cpu" else str(device)
+    return f"torch {torch.__version__.split('+')[0]} {where}, {resolve_amp(amp, device) or 'fp32'}"
+
+
+def threads_label(count: int) -> str:
+    return f"{count} thread" + ("" if count == 1 else "s")
+
+
 def deblur(
-    model: MSDN,
+    model: Network,
     image: Tensor,
     *,
     tile: int = DEFAULT_TILE,
@@ -92,10 +178,8 @@ def deblur(
     if image.ndim != 4 or image.shape[0] != 1:
         raise ValueError(f"expected a (1, C, H, W) image, got shape {tuple(image.shape)}")
     rows, cols = plan_image(*image.shape[-2:], tile, overlap, _multiple(model, multiple))  # checks tile/overlap once
-    param = next(model.parameters())
-    device = param.device
-    amp_context = autocast(resolve_amp(amp, device), device)
-    memory_format = torch.channels_last if _is_channels_last(model) else torch.contiguous_format
+    forward = forward_for(model, amp)
+    device = forward.device
 
     image = image.detach().to("cpu", torch.float32)
     row_weights = [w.to(device, torch.float32) for w in axis_windows(rows)]
@@ -108,11 +192,7 @@ def deblur(
         progress(0, total)
     with torch.inference_mode():
         for done, batch in _batches(grid, batch_size):
-            tiles = torch.cat([_gather(image, rows[r], cols[c]) for r, c in batch])
-            tiles = tiles.to(device, non_blocking=True).contiguous(memory_format=memory_format)
-            with amp_context:
-                result = model(tiles)
-            result = result.float()
+            result = forward.run(torch.cat([_gather(image, rows[r], cols[c]) for r, c in batch]))
             for k, (r, c) in enumerate(batch):
                 _accumulate(output, result[k], rows[r], cols[c], row_weights[r], col_weights[c])
             if progress is not None:
@@ -120,7 +200,7 @@ def deblur(
     return output.clamp_(0.0, 1.0)
 
 
-def _multiple(model: torch.nn.Module, multiple: int | None) -> int:
+def _multiple(model: Network, multiple: int | None) -> int:
     """Tiles sized to the model's multiple need no internal padding (plain test modules declare none)."""
     return int(getattr(model, "size_multiple", 1)) if multiple is None else multiple
 

@@ -72,9 +72,9 @@ class Manifest:
         if name is None:
             if self.default is None:
                 raise MsdnError(
-                    "no trained MSDN weights are published yet (the weights manifest lists no default model): "
-                    "pass --weights PATH to a generator file (train one with `msdn train` and export it "
-                    "with `msdn weights export`)")
+                    "the weights manifest names no default model: pick one with --model NAME (`msdn weights "
+                    "list` shows them) or pass --weights PATH to a generator file (train one with `msdn train`, "
+                    "export it with `msdn weights export`)")
             name = self.default
         for m in self.models:
             if m.name == name:

@@ -19,12 +19,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from deblur_cli import heif
 from deblur_cli.errors import MsdnError
 from deblur_cli.files import remove_stale_temps
-from deblur_cli.images import (DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, OUTPUT_FORMATS, READ_EXTENSIONS, check_output_dir,
-                               known_outputs, load_image, output_format, save_image)
-from deblur_cli.inference import AMP_CHOICES, AMP_MODES, deblur
-from deblur_cli.model import MSDN
+from deblur_cli.images import (DEFAULT_MAX_PIXELS, OUTPUT_FORMATS, READ_EXTENSIONS, check_output_dir, known_outputs,
+                               load_image, output_format, save_image)
+from deblur_cli.inference import AMP_CHOICES, AMP_MODES, Network, deblur
 from deblur_cli.tiling import DEFAULT_OVERLAP, DEFAULT_TILE, validate_tiling
 
 Progress = Callable[[int, int], None]
@@ -98,7 +98,7 @@ class FileResult:
     notes: list[str] = field(default_factory=list)  # what the output format could not keep
 
 
-def deblur_file(model: MSDN, source: Path, target: Path, settings: DeblurSettings = DeblurSettings(),
+def deblur_file(model: Network, source: Path, target: Path, settings: DeblurSettings = DeblurSettings(),
                 progress: Progress | None = None, replace: bool = False) -> FileResult:
     """Load, deblur and save one photo; without `replace`, a file that appears at `target` meanwhile is
     never replaced (the placement itself refuses)."""
@@ -212,7 +212,7 @@ def _own_output(path: Path, names: set[str]) -> bool:
     """`a_deblurred.png` beside `a.jpg`: the default output of `msdn deblur a.jpg`."""
     stem = path.stem.removesuffix("_deblurred")
     return (path.suffix.lower() == ".png" and stem != path.stem
-            and any(Path(n).stem == stem and Path(n).suffix.lower() in IMAGE_EXTENSIONS for n in names))
+            and any(Path(n).stem == stem and Path(n).suffix.lower() in READ_EXTENSIONS for n in names))
 
 
 def _walk(directory: Path, recursive: bool, skip_dir: Path | None) -> Iterable[tuple[Path, str | None]]:
@@ -266,6 +266,8 @@ def plan_directory(directory: Path, out_dir: Path | None = None, *, recursive: b
         suffix = "." + fmt.strip().lower().lstrip(".")
         if suffix not in OUTPUT_FORMATS:
             raise MsdnError(f"--format {fmt}: msdn does not write {suffix} images (use one of {known_outputs()})")
+        if (why := heif.problem(Path(f"photo{suffix}"), write=True)) is not None:  # HEIC / AVIF without the codec
+            raise MsdnError(f"--format {fmt}: {why}")
     skip_dir = out_dir if _inside(out_dir, directory.resolve()) else None
     sources: list[Path] = []
     left_out: list[tuple[Path, str]] = []
@@ -283,8 +285,7 @@ def plan_directory(directory: Path, out_dir: Path | None = None, *, recursive: b
     owners: dict[Path, Path] = {}
     for source in sources:
         relative = source.relative_to(directory)
-        written = suffix or (None if relative.suffix.lower() in OUTPUT_FORMATS else ".png")  # AVIF in, PNG out
-        target = out_dir / (relative.with_suffix(written) if written else relative)
+        target = out_dir / (relative.with_suffix(suffix) if suffix else relative)  # every format read is written
         if target.resolve() in inputs:
             raise MsdnError(f"the output {target} would replace an input image; choose an output folder "
                             f"outside {directory} with -o")
@@ -304,7 +305,7 @@ def plan_directory(directory: Path, out_dir: Path | None = None, *, recursive: b
     return Plan(jobs, left_out)
 
 
-def deblur_directory(model: MSDN, jobs: list[Job], settings: DeblurSettings = DeblurSettings(), *,
+def deblur_directory(model: Network, jobs: list[Job], settings: DeblurSettings = DeblurSettings(), *,
                      on_file: Callable[[int, Job], None] | None = None,
                      progress: Progress | None = None,
                      on_written: Callable[[Job], None] | None = None) -> BatchReport:

@@ -17,12 +17,12 @@ import torch
 from deblur_cli.configfile import CONFIG_KEY, config_from
 from deblur_cli.errors import MsdnError
 from deblur_cli.hub import HubSettings, Progress, cached_file, download_file, file_problem, hub_settings, verify_file
-from deblur_cli.inference import prepare_model, select_device
+from deblur_cli.inference import Network, choose_runtime, prepare_model
 from deblur_cli.manifest import ModelEntry, load_manifest
 from deblur_cli.model import MSDN, MSDNConfig
 from deblur_cli.tiling import DEFAULT_OVERLAP, DEFAULT_TILE
 from deblur_cli.weightfile import (build_generator, is_torch_file, load_safetensors, load_weights_file, read_config,
-                                   read_metadata, require_weights_file)
+                                   read_metadata, require_weights_file, sha256_file)
 
 # Read at call time (a module attribute) so tests can point it at a temporary folder.
 BUNDLED_DIR = Path(__file__).resolve().parent / "weights"
@@ -42,8 +42,12 @@ class Selection:
 
     @property
     def label(self) -> str:
-        """How reports name it: the model's name, else the file's stem."""
-        return self.entry.name if self.entry is not None else Path(self.path or "").stem
+        """How reports name it: the model's name, else the file with its folder ("campaign-1/best.safetensors":
+        a bare stem such as "best" read like a verdict)."""
+        if self.entry is not None:
+            return self.entry.name
+        path = Path(self.path or "")
+        return f"{path.parent.name}/{path.name}" if path.parent.name else path.name
 
 
 def select_weights(model: str | None = None, weights: Path | None = None) -> Selection:
@@ -134,20 +138,34 @@ def load_generator(model: str | None = None, weights: Path | None = None, offlin
 
 @dataclass(frozen=True)
 class ReadyModel:
-    """A generator ready to run (fused, frozen, on its device) with the tiling it was published for."""
+    """A generator ready to run (fused, frozen, on its device; or an OpenVINO runtime) with the tiling it
+    was published for."""
 
-    model: MSDN
+    model: Network
     tile: int
     overlap: int
     label: str
 
 
 def ready_model(selection: Selection, device: str | torch.device = "auto", *, offline: bool = False,
-                progress: Progress | None = None) -> ReadyModel:
-    """Load a selection for inference; the device is checked first so a typo fails before a download."""
-    target = device if isinstance(device, torch.device) else select_device(device)
-    generator = prepare_model(load_resolved(resolve(selection, offline, progress)), target)
-    return ReadyModel(generator, *selection.tiling, selection.label)
+                progress: Progress | None = None, runtime: str = "torch") -> ReadyModel:
+    """Load a selection for inference with `runtime` (auto, torch, openvino; see `choose_runtime`); the
+    device and runtime are checked first so a typo fails before a download."""
+    chosen, target = choose_runtime(runtime, device)
+    resolved = resolve(selection, offline, progress)
+    if chosen == "openvino":
+        return ReadyModel(_openvino_network(resolved), *selection.tiling, selection.label)
+    return ReadyModel(prepare_model(load_resolved(resolved), target), *selection.tiling, selection.label)
+
+
+def _openvino_network(resolved: ResolvedWeights) -> Network:
+    """The OpenVINO runtime for a resolved file, keyed by its sha256 (the manifest's, already checked, for a
+    named model); the torch network is built only if a tile shape must be converted."""
+    from deblur_cli.openvino_runtime import open_network
+
+    digest = resolved.entry.sha256 if resolved.entry is not None else sha256_file(resolved.path)
+    build = lambda: prepare_model(load_resolved(resolved), torch.device("cpu"), channels_last=False)  # noqa: E731
+    return open_network(digest, resolved.config.size_multiple, build)
 
 
 def local_copies(entry: ModelEntry, settings: HubSettings | None = None) -> dict[str, Path]:

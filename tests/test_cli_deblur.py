@@ -76,6 +76,37 @@ def test_deblur_output_format_and_16_bits(tmp_path: Path, weights: Path) -> None
     assert code == 0 and Image.open(tmp_path / "deep.jpg").format == "JPEG"
 
 
+def _gray_alpha16_png(path: Path, h: int, w: int) -> np.ndarray:
+    """A 16-bit gray + alpha PNG (colour type 4), which Pillow cannot write: (h, w, 2) uint16 pixels."""
+    import zlib
+
+    pixels = np.random.default_rng(5).integers(0, 65536, (h, w, 2), dtype=np.uint16)
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    rows = b"".join(b"\x00" + row.astype(">u2").tobytes() for row in pixels)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, 4, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+    return pixels
+
+
+def test_16bit_gray_alpha_stays_16bit_gray_alpha(tmp_path: Path, weights: Path) -> None:
+    """Issue #20 item 11: it came out 8-bit RGBA with R, G, B unequal and alpha cut to 256 levels."""
+    src = tmp_path / "ga.png"
+    pixels = _gray_alpha16_png(src, 40, 50)
+    code, out = run("deblur", src, "--weights", weights, *FAST)
+    assert code == 0, out
+    data = (tmp_path / "ga_deblurred.png").read_bytes()
+    assert struct.unpack(">IIBB", data[16:26]) == (50, 40, 16, 4)  # IHDR: gray + alpha, 16 bits
+    result = load_image(tmp_path / "ga_deblurred.png")
+    assert (result.mode, result.bit_depth) == ("LA", 16)
+    gray = np.rint(result.rgb[0].numpy() * 65535).astype(np.uint16)
+    assert (gray[0] == gray[1]).all() and (gray[1] == gray[2]).all() and (gray[0] % 257 != 0).any()
+    assert np.abs(gray[0].astype(int) - pixels[..., 0]).mean() > 100  # deblurred, not copied
+    np.testing.assert_array_equal(np.rint(result.alpha[0, 0].numpy() * 65535).astype(np.uint16), pixels[..., 1])
+
+
 def test_grayscale_stays_grayscale(tmp_path: Path, weights: Path) -> None:
     src = _photo(tmp_path / "gray.png", mode="L")
     code, out = run("deblur", src, "--weights", weights, *FAST)
@@ -123,7 +154,7 @@ def test_no_default_model_gives_the_clear_message(tmp_path: Path, monkeypatch: p
     src = _photo(tmp_path / "a.png")
     code, out = run("deblur", src, "--offline", *FAST)
     assert code == 1
-    assert "no trained" in out.lower() and "--weights" in out
+    assert "names no default model" in out and "`msdn weights list`" in out and "--weights PATH" in out
     assert len(out.strip().splitlines()) == 1
     assert not (tmp_path / "a_deblurred.png").exists()
 

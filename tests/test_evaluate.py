@@ -212,8 +212,8 @@ def test_gopro_eval_matches_skimage_and_reports(tmp_path: Path) -> None:
                  "--save-images", out, "--device", "cpu", "--per-image")
     assert result.exit_code == 0, result.output
     report = json.loads(js.read_text())
-    assert report["models"] == ["identity", "tiny"] and report["layout"] == "gopro"
-    ident, model = rows_of(report, "identity"), rows_of(report, "tiny")
+    assert report["models"] == ["identity", "w/tiny.safetensors"] and report["layout"] == "gopro"
+    ident, model = rows_of(report, "identity"), rows_of(report, "w/tiny.safetensors")
     assert set(ident) == set(model) == {("SEQ_A", "000000"), ("SEQ_A", "000001"), ("SEQ_B", "000000")}
     for (seq, name), row in ident.items():
         blurred = read(root / "test" / seq / "blur" / f"{name}.png")
@@ -222,12 +222,12 @@ def test_gopro_eval_matches_skimage_and_reports(tmp_path: Path) -> None:
         assert row["ssim"] == pytest.approx(ref_ssim(blurred, sharp), abs=1e-4)
         assert row["seconds"] == 0.0
         # the model's numbers are those of its saved output, recomputed by scikit-image
-        saved = read(out / "tiny" / seq / f"{name}.png")
+        saved = read(out / "w_tiny.safetensors" / seq / f"{name}.png")
         assert model[(seq, name)]["psnr"] == pytest.approx(ref_psnr(saved, sharp), abs=1e-4)
         assert model[(seq, name)]["ssim"] == pytest.approx(ref_ssim(saved, sharp), abs=1e-4)
         assert model[(seq, name)]["psnr"] != pytest.approx(row["psnr"], abs=1e-3)
         assert model[(seq, name)]["seconds"] > 0
-        strip = read(out / "tiny" / seq / f"{name}_strip.png")
+        strip = read(out / "w_tiny.safetensors" / seq / f"{name}_strip.png")
         assert strip.shape == (sharp.shape[0], 3 * sharp.shape[1] + 8, 3)
         assert np.array_equal(strip[:, :sharp.shape[1]], blurred)
         assert np.array_equal(strip[:, -sharp.shape[1]:], sharp)
@@ -237,7 +237,7 @@ def test_gopro_eval_matches_skimage_and_reports(tmp_path: Path) -> None:
     summary = {(s["model"], s["group"]): s for s in report["summary"]}
     assert summary[("identity", "SEQ_A")]["count"] == 2
     assert summary[("identity", None)]["psnr"] == pytest.approx(np.mean([r["psnr"] for r in ident.values()]))
-    assert summary[("tiny", "SEQ_B")]["ssim"] == pytest.approx(model[("SEQ_B", "000000")]["ssim"])
+    assert summary[("w/tiny.safetensors", "SEQ_B")]["ssim"] == pytest.approx(model[("SEQ_B", "000000")]["ssim"])
     # CSV holds the same rows
     with cs.open() as f:
         csv_rows = list(csv.DictReader(f))
@@ -381,11 +381,13 @@ def test_two_models_side_by_side(tmp_path: Path) -> None:
     result = run("eval", root, "-w", w1, "-w", w2, "--json", js, "--limit", 1, "--device", "cpu", "--amp", "none")
     assert result.exit_code == 0, result.output
     report = json.loads(js.read_text())
-    assert report["models"] == ["best", "best-2"]
-    assert [(r["model"], r["name"]) for r in report["rows"]] == [("best", "0"), ("best-2", "0")]
+    # Named by file and folder: a bare "best" column read like a verdict.
+    assert report["models"] == ["run1/best.safetensors", "run2/best.safetensors"]
+    assert [(r["model"], r["name"]) for r in report["rows"]] == [("run1/best.safetensors", "0"),
+                                                                 ("run2/best.safetensors", "0")]
     assert report["rows"][0]["psnr"] != pytest.approx(report["rows"][1]["psnr"], abs=1e-3)
-    header = next(line for line in result.output.splitlines() if "best" in line)
-    assert "best-2" in header  # one column group per model, on the same table line
+    header = next(line for line in result.output.splitlines() if "run1/best.safetens" in line)
+    assert "run2/best.safetens" in header  # one column group per model, on the same table line
     assert "gain dB" not in result.output  # no baseline asked
 
 

@@ -207,6 +207,16 @@ def test_unknown_model_lists_the_known_ones(manifest):
         w.load_generator(model="gorpo")
 
 
+def test_a_manifest_without_a_default_names_the_ways_forward(manifest):
+    manifest([valid_entry()], default=None)
+    with pytest.raises(MsdnError) as info:
+        w.load_generator()
+    assert str(info.value) == (
+        "the weights manifest names no default model: pick one with --model NAME (`msdn weights list` shows them) "
+        "or pass --weights PATH to a generator file (train one with `msdn train`, export it with "
+        "`msdn weights export`)")
+
+
 # ---------------------------------------------------------------------------------------------
 # weight files given by path
 # ---------------------------------------------------------------------------------------------

@@ -17,6 +17,9 @@ if TYPE_CHECKING:
 
 AMP_OPTION = typer.Option("auto", "--amp", help="Mixed precision: auto (bf16 where the GPU or CPU runs it "
                           "natively, else float32), none, bf16 or fp16 (CUDA).")
+RUNTIME_OPTION = typer.Option("auto", "--runtime", envvar="MSDN_RUNTIME", help="What runs the network: auto "
+                              "(OpenVINO when it is installed and the device is a CPU, else torch), torch or "
+                              "openvino (CPU only; the extra: pip install 'msdn-deblur\\[openvino]').")
 # The options deblur and deblur-dir share, in the order their help lists them.
 RUN_OPTIONS = [
     option("weights", Path | None, typer.Option(None, "--weights", help="Generator weights file (.safetensors); "
@@ -26,6 +29,7 @@ RUN_OPTIONS = [
     option("offline", bool, typer.Option(False, "--offline", help="Never download; use bundled or cached weights "
                                          "only.")),
     option("device", str, typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps.")),
+    option("runtime", str, RUNTIME_OPTION),
     option("tile", int | None, typer.Option(None, "--tile", show_default=False, help="Tile size in pixels; smaller "
                                             "uses less memory (default: the model's, else 256).")),
     option("overlap", int | None, typer.Option(None, "--overlap", show_default=False, help="Pixels shared by "
@@ -67,7 +71,7 @@ def _load_model(selection: Selection, run: dict[str, Any]) -> Any:
     with progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
                   transient=True) as bar:
         task = bar.add_task("Downloading weights", total=None, visible=False)
-        return ready_model(selection, run["device"], offline=run["offline"],
+        return ready_model(selection, run["device"], offline=run["offline"], runtime=run["runtime"],
                            progress=lambda done, total: bar.update(task, completed=done, total=total or None,
                                                                    visible=True)).model
 
@@ -88,7 +92,8 @@ def _tile_bar(total_files: int | None = None) -> Iterator[Any]:
 @friendly_errors
 @gathered(RUN_OPTIONS, into="run")
 def deblur_command(
-    image: Path = typer.Argument(..., help="The blurred photo (JPEG, PNG, WebP, TIFF, BMP).", show_default=False),
+    image: Path = typer.Argument(..., help="The blurred photo (JPEG, PNG, WebP, TIFF, BMP, HEIC, AVIF).",
+                                show_default=False),
     output: Path | None = typer.Option(None, "-o", "--output", show_default=False,
                                        help="Output file; its extension picks the format (default: IMAGE_deblurred.png)."),
     run: dict[str, Any] = None,  # type: ignore[assignment]  # RUN_OPTIONS
@@ -99,6 +104,7 @@ def deblur_command(
 
     from deblur_cli.files import remove_stale_temps
     from deblur_cli.images import DEFAULT_MAX_PIXELS, probe_image
+    from deblur_cli.inference import describe_runtime
     from deblur_cli.pipeline import check_output, deblur_file, default_output
 
     limit = DEFAULT_MAX_PIXELS if run["max_pixels"] is None else run["max_pixels"]
@@ -119,7 +125,8 @@ def deblur_command(
     for note in result.notes:
         warn(note)
     width, height = result.size
-    typer.echo(f"Wrote {target} ({width}x{height}) in {seconds:.1f} s")
+    typer.echo(f"Wrote {target} ({width}x{height}) in {seconds:.1f} s with "
+               f"{describe_runtime(generator, settings.amp)}")
 
 
 @friendly_errors
@@ -137,6 +144,7 @@ def deblur_dir_command(
     """Remove motion blur from every photo in a folder; bad files are reported and skipped."""
     import time
 
+    from deblur_cli.inference import describe_runtime
     from deblur_cli.pipeline import deblur_directory, default_output_dir, parse_extensions, plan_directory
 
     out_dir = output if output is not None else default_output_dir(directory)
@@ -159,7 +167,8 @@ def deblur_dir_command(
     seconds = time.perf_counter() - start
     for _, note in report.notes:
         warn(note)
-    _print_summary(f"msdn deblur-dir {directory} -> {out_dir} ({seconds:.1f} s)", report)
+    _print_summary(f"msdn deblur-dir {directory} -> {out_dir} ({seconds:.1f} s with "
+                   f"{describe_runtime(generator, settings.amp)})", report)
     if report.failed:
         raise typer.Exit(1)
 
@@ -168,7 +177,9 @@ LEFT_OUT_SHOWN = 20  # a folder of sidecar files would otherwise bury the failur
 
 
 def _print_summary(title: str, report: Any) -> None:
-    """Counts, then a table of the failures (if any) with their reasons."""
+    """Counts, then a table of the failures (if any) with their reasons (plain text: a reason's
+    `pip install 'msdn-deblur[formats]'` or a path's [brackets] are not rich markup)."""
+    from rich.markup import escape
     from rich.table import Table
 
     summary = Table(title=title)
@@ -184,12 +195,12 @@ def _print_summary(title: str, report: Any) -> None:
         left.add_column("file", overflow="fold")
         left.add_column("why", overflow="fold")
         for path, reason in shown:
-            left.add_row(str(path), reason)
+            left.add_row(escape(str(path)), escape(reason))
         console.print(left)
     if report.failed:
         failures = Table(title="Failures", show_lines=False)
         failures.add_column("file", overflow="fold")
         failures.add_column("reason", overflow="fold")
         for path, reason in report.failed:
-            failures.add_row(str(path), reason)
+            failures.add_row(escape(str(path)), escape(reason))
         console.print(failures)

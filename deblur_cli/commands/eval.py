@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 
 from deblur_cli.commands.common import console, fail, friendly_errors
-from deblur_cli.commands.deblur import AMP_OPTION
+from deblur_cli.commands.deblur import AMP_OPTION, RUNTIME_OPTION
 
 
 def _fmt(value: float | None, digits: int) -> str:
@@ -84,6 +84,7 @@ def eval_command(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing report and image files."),
     per_image: bool = typer.Option(False, "--per-image", help="Also print a table of every image per group."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N | mps."),
+    runtime: str = RUNTIME_OPTION,
     tile: int | None = typer.Option(None, "--tile", show_default=False,
                                     help="Tile size for inference (default: each model's, else 256)."),
     overlap: int | None = typer.Option(None, "--overlap", show_default=False,
@@ -97,7 +98,7 @@ def eval_command(
 
     from deblur_cli import evaluate as ev
     from deblur_cli.datasets import discover
-    from deblur_cli.inference import select_device
+    from deblur_cli.inference import choose_runtime, describe_runtime
     from deblur_cli.pipeline import parse_amp
 
     if baseline not in (None, ev.IDENTITY):
@@ -105,13 +106,15 @@ def eval_command(
     amp_mode = parse_amp(amp)  # "none" as in msdn deblur
     ev.check_options(protocol, crop_border, align)  # before the data and the models are read
     dataset = discover(root, layout, split=split, blur_folder=blur_folder)
-    contenders = ev.load_contenders(model, weights, select_device(device), identity=baseline is not None,
-                                    offline=offline)
+    chosen, target = choose_runtime(runtime, device)  # both checked before the data is read
+    contenders = ev.load_contenders(model, weights, target, identity=baseline is not None, offline=offline,
+                                    runtime=chosen)
     ev.check_outputs(dataset, contenders, save_images, [json_path, csv_path], overwrite)
     n = len(dataset.pairs) if limit is None else min(limit, len(dataset.pairs))
+    runs = [f", runtime {describe_runtime(c.model, amp_mode)}" for c in contenders[-1:] if c.model is not None]
     console.print(f"{dataset.layout} layout, {n} image pairs in {len({p.group for p in dataset.pairs[:n]})} "
-                  f"groups, protocol {protocol}" + (f", crop border {crop_border}" if crop_border else ""),
-                  highlight=False)
+                  f"groups, protocol {protocol}" + (f", crop border {crop_border}" if crop_border else "")
+                  + "".join(runs), highlight=False)
     with Progress(TextColumn("evaluating"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console) as bar:
         task = bar.add_task("eval", total=None)
