@@ -22,9 +22,9 @@ import time
 import numpy as np
 import torch
 
-from deblur_cli.inference import deblur, prepare_model
-from deblur_cli.model import MSDN, MSDNConfig
-from deblur_cli.tiling import plan_axis
+from deblur_cli.inference.engine import deblur, prepare_model
+from deblur_cli.nets.model import MSDN, MSDNConfig
+from deblur_cli.inference.tiling import plan_axis
 
 CONFIGS = {
     "default": MSDNConfig(),

@@ -33,10 +33,10 @@ from pathlib import Path
 
 import torch
 
-from deblur_cli import openvino_runtime as ovr
-from deblur_cli.deblurgan import DeblurGAN
-from deblur_cli.inference import autocast, cpu_has_native_bf16, deblur, prepare_model, resolve_amp
-from deblur_cli.model import MSDN, MSDNConfig
+from deblur_cli.inference import openvino_runtime as ovr
+from deblur_cli.nets.deblurgan import DeblurGAN
+from deblur_cli.inference.engine import autocast, cpu_has_native_bf16, deblur, prepare_model, resolve_amp
+from deblur_cli.nets.model import MSDN, MSDNConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 PRECISIONS = {"fp32": None, "bf16": "bf16"}  # --amp spelling

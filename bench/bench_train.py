@@ -4,7 +4,7 @@
     python bench/bench_train.py --threads 1 --amp none --steps 12
 
 The bare step is forward, Charbonnier + 0.1 FFT loss, backward and Adam on random tensors of the
-training shape: what the model costs. The loop is `deblur_cli.train.train` with the CLI's default
+training shape: what the model costs. The loop is `deblur_cli.training.train.train` with the CLI's default
 (CPU) recipe on real photos (`data/photos/train`, else scikit-image's), no validation: what a run
 gets, including crops from the in-memory photo bank, blur synthesis and the EMA update. The ratio
 loop / bare is the loop's efficiency (issue #12 asks >= 0.8). Also printed: the blur synthesis and
@@ -31,9 +31,9 @@ REPO = Path(__file__).resolve().parents[1]
 def bare_step(threads: int, amp: str, crop: int, batch: int, steps: int) -> float:
     import torch
 
-    from deblur_cli import losses as L
-    from deblur_cli.inference import autocast
-    from deblur_cli.model import MSDN
+    from deblur_cli.training import losses as L
+    from deblur_cli.inference.engine import autocast
+    from deblur_cli.nets.model import MSDN
 
     torch.set_num_threads(threads)
     model = MSDN().to(memory_format=torch.channels_last)
@@ -71,7 +71,7 @@ def photos_folder() -> Path:
 
 
 def loop(threads: int, amp: str, crop: int, batch: int, steps: int) -> float:
-    from deblur_cli import train as T
+    from deblur_cli.training import train as T
 
     rates: list[float] = []
     config = T.TrainConfig(data=str(photos_folder()), synthetic_blur=True, val_fraction=0.0, steps=steps + 2,
@@ -85,9 +85,9 @@ def blur_cost(crop: int, batch: int) -> float:
     """Seconds to cut and blur one batch (part of the loop figure)."""
     import torch
 
-    from deblur_cli import shake
-    from deblur_cli.data import find_samples
-    from deblur_cli.synthetic import PhotoBank, training_pair
+    from deblur_cli.training import shake
+    from deblur_cli.training.data import find_samples
+    from deblur_cli.training.synthetic import PhotoBank, training_pair
 
     torch.set_num_threads(1)
     bank = PhotoBank(find_samples(photos_folder(), synthetic=True).samples[:8])
@@ -117,7 +117,7 @@ def main() -> None:
     args = ap.parse_args()
     import torch
 
-    from deblur_cli.inference import cpu_has_native_bf16
+    from deblur_cli.inference.engine import cpu_has_native_bf16
 
     print(f"torch {torch.__version__}, CPU capability {torch.backends.cpu.get_cpu_capability()}, native bf16: "
           f"{cpu_has_native_bf16()}; batch {args.batch} of {args.crop}px crops")

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 
-from deblur_cli.evaluate import side_by_side
-from deblur_cli.images import load_image, save_rgb
+from deblur_cli.evaluation.evaluate import side_by_side
+from deblur_cli.imaging.images import load_image, save_rgb
 
 REPO = Path(__file__).resolve().parents[1]
 CORNERS = ((380, 230), (760, 480))  # (left, top) of each crop in the 1280x844 example

@@ -21,11 +21,11 @@ from pathlib import Path
 
 import torch
 
-from deblur_cli.checkpoint import CHECKPOINT, load_training_checkpoint, save_checkpoint
-from deblur_cli.architectures import config_from_dict
-from deblur_cli.model import MSDNConfig
-from deblur_cli.trainconfig import TrainConfig
-from deblur_cli.trainstep import build_nets, lr_schedule
+from deblur_cli.weights.checkpoint import CHECKPOINT, load_training_checkpoint, save_checkpoint
+from deblur_cli.nets.architectures import config_from_dict
+from deblur_cli.nets.model import MSDNConfig
+from deblur_cli.training.trainconfig import TrainConfig
+from deblur_cli.training.trainstep import build_nets, lr_schedule
 
 TRAIN_FIELDS = frozenset(f.name for f in dataclasses.fields(TrainConfig))  # a stored config may predate some
 MODEL_FIELDS = frozenset(f.name for f in dataclasses.fields(MSDNConfig))

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from fork_run import fork
 
-from deblur_cli.checkpoint import CHECKPOINT, load_training_checkpoint, save_checkpoint
+from deblur_cli.weights.checkpoint import CHECKPOINT, load_training_checkpoint, save_checkpoint
 
 MARGIN_MINUTES = 1.0  # start-up, the final checkpoint and the copy back
 BACK = ("best.safetensors", "metrics.jsonl")

@@ -9,10 +9,10 @@ depends only on the photo's name, and written as PNG in the GOPRO layout
 
 so `msdn eval OUT/heldout --baseline identity --align 4` reports PSNR/SSIM per level. `train` uses
 the PSF trajectory families training uses, `heldout` the PSF family it never sees
-(`deblur_cli.shake`), `frames-heldout` averaged frames along a camera path family training never
-sees (`deblur_cli.frames`, GOPRO's construction).
+(`deblur_cli.training.shake`), `frames-heldout` averaged frames along a camera path family training never
+sees (`deblur_cli.training.frames`, GOPRO's construction).
 The photos are resized to a long side of 1280 px first, because the levels (path length in
-pixels, `deblur_cli.synthetic.LEVELS`) are defined at 1280x720.
+pixels, `deblur_cli.training.synthetic.LEVELS`) are defined at 1280x720.
 """
 
 from __future__ import annotations
@@ -25,10 +25,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps
 
-from deblur_cli import shake
-from deblur_cli import synthetic as S
-from deblur_cli.images import save_rgb, to_tensor
-from deblur_cli.synthetic import GROUPS, LEVELS, VAL_REALISM, name_seed
+from deblur_cli.training import shake
+from deblur_cli.training import synthetic as S
+from deblur_cli.imaging.images import save_rgb, to_tensor
+from deblur_cli.training.synthetic import GROUPS, LEVELS, VAL_REALISM, name_seed
 
 LONG_SIDE = 1280
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png")

@@ -3,7 +3,7 @@
 
 Why a script: the example in `examples/` must be reproducible and provably outside the held-out
 validation split, so the photo is looked up in `data/photos/manifest.json` and refused if its
-split is 'val'. The blur is `deblur_cli.shake`'s smooth-path (poly) camera shake at the eval set's medium
+split is 'val'. The blur is `deblur_cli.training.shake`'s smooth-path (poly) camera shake at the eval set's medium
 level (8-16 px path length at 1280 px), seeded.
 """
 
@@ -17,7 +17,7 @@ from pathlib import Path
 from make_eval_set import LEVELS, REPO, blur_photo, load_resized
 
 from deblur_cli.files import atomic_path
-from deblur_cli.images import to_pil
+from deblur_cli.imaging.images import to_pil
 
 DEFAULT_PHOTO = "palapeli-data__citrus-fruits"
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Print (or apply) the weights-manifest entry of a trained model, with its per-level eval metrics.
 
-Why a script: the entry must carry the file's sha256/size/config (`deblur_cli.weights
+Why a script: the entry must carry the file's sha256/size/config (`deblur_cli.weights.resolve
 .entry_template`), the bundled file name, the training data and licence summary, and the eval-set
 numbers per group and blur level, raw and aligned: the PSF families training uses (`train`), the
 PSF family it never sees (`heldout`), the frame-averaging renderer's held-out path family
@@ -29,9 +29,9 @@ from pathlib import Path
 
 from deblur_cli.errors import MsdnError
 from deblur_cli.files import atomic_path
-from deblur_cli.manifest import parse_manifest
-from deblur_cli.publish import entry_template
-from deblur_cli.weightfile import read_config
+from deblur_cli.weights.manifest import parse_manifest
+from deblur_cli.weights.publish import entry_template
+from deblur_cli.weights.weightfile import read_config
 
 REPO = Path(__file__).resolve().parents[1]
 IDENTITY = "identity"

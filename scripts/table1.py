@@ -28,9 +28,9 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from deblur_cli.architectures import ARCHES, build, default_config
-from deblur_cli.checkpoint import load_training_checkpoint
-from deblur_cli.inference import deblur, prepare_model
+from deblur_cli.nets.architectures import ARCHES, build, default_config
+from deblur_cli.weights.checkpoint import load_training_checkpoint
+from deblur_cli.inference.engine import deblur, prepare_model
 
 REPO = Path(__file__).resolve().parents[1]
 GROUPS = {"train": "data/eval/train", "heldout": "data/eval/heldout", "frames-heldout": "data/eval/frames-heldout"}

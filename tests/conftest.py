@@ -20,8 +20,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from deblur_cli.model import MSDN, MSDNConfig
-from deblur_cli.weightfile import save_weights
+from deblur_cli.nets.model import MSDN, MSDNConfig
+from deblur_cli.weights.weightfile import save_weights
 
 # The CLI's --runtime default is auto, which is OpenVINO on a CPU where the extra is installed (as with
 # the test extra). The suite pins torch so its exact comparisons with torch references hold; the

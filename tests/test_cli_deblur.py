@@ -13,9 +13,9 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from deblur_cli import cli
-from deblur_cli.images import load_image
-from deblur_cli.inference import deblur, prepare_model, resolve_amp
-from deblur_cli.weightfile import build_generator, load_weights_file
+from deblur_cli.imaging.images import load_image
+from deblur_cli.inference.engine import deblur, prepare_model, resolve_amp
+from deblur_cli.weights.weightfile import build_generator, load_weights_file
 
 FAST = ["--tile", "64", "--overlap", "16", "--device", "cpu"]
 
@@ -146,7 +146,7 @@ def test_default_model_deblurs_offline_without_weights(tmp_path: Path) -> None:
 
 
 def test_no_default_model_gives_the_clear_message(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from deblur_cli import manifest
+    from deblur_cli.weights import manifest
 
     empty = tmp_path / "weights_manifest.json"
     empty.write_text('{"schema_version": 1, "default": null, "models": []}')

@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from deblur_cli import train as T
-from deblur_cli.checkpoint import load_checkpoint, load_training_checkpoint
-from deblur_cli.model import MSDNConfig
-from deblur_cli.weightfile import read_metadata
-from deblur_cli.weights import load_generator
+from deblur_cli.training import train as T
+from deblur_cli.weights.checkpoint import load_checkpoint, load_training_checkpoint
+from deblur_cli.nets.model import MSDNConfig
+from deblur_cli.weights.weightfile import read_metadata
+from deblur_cli.weights.resolve import load_generator
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 CHECKPOINT = FIXTURES / "micro-step2.pt"

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from deblur_cli import data as D
+from deblur_cli.training import data as D
 from deblur_cli.errors import MsdnError
 
 torch.set_num_threads(2)

@@ -1,4 +1,4 @@
-"""DeblurGAN's generator (deblur_cli/deblurgan.py) and the `arch` field that names a network in every file."""
+"""DeblurGAN's generator (deblur_cli/nets/deblurgan.py) and the `arch` field that names a network in every file."""
 
 from __future__ import annotations
 
@@ -14,14 +14,14 @@ from typer.testing import CliRunner
 
 from conftest import TINY
 
-from deblur_cli import weights as w
-from deblur_cli.architectures import arch_of, build, config_from_dict, default_config
-from deblur_cli.checkpoint import load_checkpoint
+from deblur_cli.weights import resolve as w
+from deblur_cli.nets.architectures import arch_of, build, config_from_dict, default_config
+from deblur_cli.weights.checkpoint import load_checkpoint
 from deblur_cli.cli import app
-from deblur_cli.deblurgan import DeblurGAN, DeblurGANConfig, ResBlock
+from deblur_cli.nets.deblurgan import DeblurGAN, DeblurGANConfig, ResBlock
 from deblur_cli.errors import MsdnError
-from deblur_cli.model import MSDN, MSDNConfig, count_parameters
-from deblur_cli.weightfile import build_generator, save_weights
+from deblur_cli.nets.model import MSDN, MSDNConfig, count_parameters
+from deblur_cli.weights.weightfile import build_generator, save_weights
 
 SMALL = DeblurGANConfig(channels=4, blocks=1)
 
@@ -95,7 +95,7 @@ def test_train_arch_flag_trains_and_resumes_deblurgan(tmp_path: Path, monkeypatc
     assert bad.exit_code == 1 and "--growth-rate applies to msdn and dn, not deblurgan" in bad.output
     bad = runner.invoke(app, ["train", "--data", str(photos), "--arch", "resnet", *common])
     assert bad.exit_code == 1 and "unknown --arch 'resnet'; use msdn, dn, deblurgan" in bad.output
-    monkeypatch.setattr("deblur_cli.architectures.default_config", lambda arch: SMALL)  # a small one, for speed
+    monkeypatch.setattr("deblur_cli.nets.architectures.default_config", lambda arch: SMALL)  # a small one, for speed
     first = runner.invoke(app, ["train", "--data", str(photos), "--synthetic-blur", "--arch", "deblurgan", "--steps",
                                 "2", "--crop", "32", "--batch-size", "2", "--blur-strength", "1,4", "--val-fraction",
                                 "0.25", *common])

@@ -1,8 +1,8 @@
-"""`msdn eval` and deblur_cli.evaluate on small fixture sets built here, checked against scikit-image.
+"""`msdn eval` and deblur_cli.evaluation.evaluate on small fixture sets built here, checked against scikit-image.
 
 Fixtures: crops of scikit-image photos, blurred by a known horizontal box kernel and saved as PNG.
 Every reference number is computed by scikit-image on the files as saved, independently of
-deblur_cli.metrics.
+deblur_cli.evaluation.metrics.
 """
 
 from __future__ import annotations
@@ -21,11 +21,11 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from typer.testing import CliRunner
 
 from deblur_cli.cli import app
-from deblur_cli.datasets import Pair, discover
+from deblur_cli.evaluation.datasets import Pair, discover
 from deblur_cli.errors import MsdnError
-from deblur_cli.evaluate import Contender, check_outputs, evaluate, output_paths, side_by_side, unique_labels
-from deblur_cli.model import MSDN
-from deblur_cli.weightfile import save_weights
+from deblur_cli.evaluation.evaluate import Contender, check_outputs, evaluate, output_paths, side_by_side, unique_labels
+from deblur_cli.nets.model import MSDN
+from deblur_cli.weights.weightfile import save_weights
 from conftest import TINY
 
 PHOTOS = ("astronaut", "chelsea", "coffee")

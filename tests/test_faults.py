@@ -26,13 +26,14 @@ from conftest import TINY, sha256
 from PIL import Image
 from typer.testing import CliRunner
 
-from deblur_cli import checkpoint as ck
-from deblur_cli import cli, files
-from deblur_cli import manifest as mf
-from deblur_cli import weightfile as wf
-from deblur_cli import weights as w
+from deblur_cli.weights import checkpoint as ck
+from deblur_cli import cli
+from deblur_cli import files
+from deblur_cli.weights import manifest as mf
+from deblur_cli.weights import weightfile as wf
+from deblur_cli.weights import resolve as w
 from deblur_cli.errors import MsdnError
-from deblur_cli.model import MSDN, MSDNConfig
+from deblur_cli.nets.model import MSDN, MSDNConfig
 
 FAST = ["--tile", "64", "--overlap", "16", "--device", "cpu"]
 ROOT = Path(__file__).resolve().parents[1]
@@ -425,7 +426,7 @@ def test_bad_photo_is_reported_before_missing_weights(tmp_path: Path) -> None:
 
 
 def test_out_of_memory_is_one_line(tmp_path: Path, weights: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import deblur_cli.pipeline as pipeline
+    import deblur_cli.inference.pipeline as pipeline
 
     def no_memory(*args: object, **kwargs: object) -> None:
         raise MemoryError()
@@ -436,7 +437,7 @@ def test_out_of_memory_is_one_line(tmp_path: Path, weights: Path, monkeypatch: p
 
 
 def test_messages_keep_brackets_and_help_has_no_bool_metavar(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setitem(sys.modules, "deblur_cli.train", None)  # as if kornia were missing
+    monkeypatch.setitem(sys.modules, "deblur_cli.training.train", None)  # as if kornia were missing
     result = run("train", "--data", tmp_path)
     assert result.code == 1 and "pip install 'msdn-deblur[train]'" in result.error_line
     for command in (["deblur", "--help"], ["deblur-dir", "--help"], ["train", "--help"], ["--help"]):
@@ -472,8 +473,9 @@ HOSTILE = {
 @pytest.mark.parametrize("kind", list(HOSTILE))
 @pytest.mark.parametrize("reader", ["image", "weights", "checkpoint", "vgg", "manifest", "record"])
 def test_hostile_files_give_one_line(tmp_path: Path, kind: str, reader: str) -> None:
-    from deblur_cli import pipeline, vgg
-    from deblur_cli.images import load_image
+    from deblur_cli.inference import pipeline
+    from deblur_cli.training import vgg
+    from deblur_cli.imaging.images import load_image
 
     suffix = {"image": ".png", "weights": ".safetensors", "checkpoint": ".pt", "vgg": ".pth",
               "manifest": ".json", "record": ""}[reader]
@@ -572,7 +574,7 @@ def test_a_checkpoint_overwritten_with_ff_bytes_is_never_replaced(tmp_path: Path
 def test_a_diverging_run_stops_before_writing_anything(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Issue #20 item 4: the step whose loss is NaN ends the run with one line; last.pt and
     best.safetensors stay those of the last good step."""
-    from deblur_cli import train as T
+    from deblur_cli.training import train as T
 
     photos = tmp_path / "photos"
     for i in range(4):
@@ -670,7 +672,7 @@ def test_a_file_that_appears_during_the_run_is_never_replaced(tmp_path: Path, we
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     """Issue #20 item 2: "already exists" is checked before inference; a user's file put there
     meanwhile must survive, and the lost race is that photo's one-line error."""
-    from deblur_cli import pipeline
+    from deblur_cli.inference import pipeline
 
     src = photo(tmp_path / "big.png")
     target = tmp_path / "race.png"

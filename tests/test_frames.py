@@ -1,4 +1,4 @@
-"""The frame-averaging renderer (deblur_cli.frames): geometry, reference frame, averaging and mixing."""
+"""The frame-averaging renderer (deblur_cli.training.frames): geometry, reference frame, averaging and mixing."""
 
 from __future__ import annotations
 
@@ -6,10 +6,11 @@ import pytest
 import torch
 from skimage import data as skdata
 
-from deblur_cli import frames, shake
-from deblur_cli import synthetic as S
+from deblur_cli.training import frames
+from deblur_cli.training import shake
+from deblur_cli.training import synthetic as S
 from deblur_cli.errors import MsdnError
-from deblur_cli.trainconfig import TrainConfig
+from deblur_cli.training.trainconfig import TrainConfig
 
 from conftest import gen
 from conftest import photo_crop as photo
@@ -93,7 +94,7 @@ def test_a_second_layer_moves_on_its_own() -> None:
 def test_training_batches_mix_the_renderers_and_share_zero_is_unchanged(tmp_path) -> None:
     from PIL import Image
 
-    from deblur_cli.data import Sample, mix_seed
+    from deblur_cli.training.data import Sample, mix_seed
 
     path = tmp_path / "a.png"
     Image.fromarray(skdata.astronaut()[:220, :220]).save(path)

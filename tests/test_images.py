@@ -16,9 +16,9 @@ import pytest
 import torch
 from PIL import Image, ImageCms, ImageFile, ImageOps
 
-from deblur_cli import images
+from deblur_cli.imaging import images
 from deblur_cli.errors import MsdnError
-from deblur_cli.images import LoadedImage, load_image, save_image, save_rgb, to_pil, to_tensor
+from deblur_cli.imaging.images import LoadedImage, load_image, save_image, save_rgb, to_pil, to_tensor
 
 RNG = np.random.default_rng(1234)
 
@@ -50,7 +50,7 @@ def _exif(orientation: int = 1, make: str = "TestCam") -> bytes:
     return exif.tobytes()
 
 
-# --- reference 16-bit PNG codec (independent of deblur_cli.images) --------------------------------
+# --- reference 16-bit PNG codec (independent of deblur_cli.imaging.images) --------------------------------
 
 
 ADAM7 = [(0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2)]

@@ -11,8 +11,8 @@ from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 
 from deblur_cli.errors import MsdnError
-from deblur_cli.inference import deblur, prepare_model, select_device
-from deblur_cli.model import MSDN, MSDNConfig
+from deblur_cli.inference.engine import deblur, prepare_model, select_device
+from deblur_cli.nets.model import MSDN, MSDNConfig
 from conftest import TINY
 
 
@@ -201,7 +201,7 @@ def test_cpu_bf16_runs_in_bf16_and_stays_close_to_fp32():
 
 
 def test_amp_auto_resolves_to_bf16_only_with_native_support(monkeypatch):
-    import deblur_cli.inference as I
+    import deblur_cli.inference.engine as I
 
     monkeypatch.setattr(I, "cpu_has_native_bf16", lambda: False)
     assert I.resolve_amp("auto", torch.device("cpu")) is None

@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from skimage import data as skdata
 from torch import nn
 
-from deblur_cli import losses as L
-from deblur_cli import vgg as V
+from deblur_cli.training import losses as L
+from deblur_cli.training import vgg as V
 from deblur_cli.errors import MsdnError
 
 torch.set_num_threads(2)

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from skimage import data
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from deblur_cli.metrics import center_crop, crop_border, psnr, quantize, ssim
+from deblur_cli.evaluation.metrics import center_crop, crop_border, psnr, quantize, ssim
 
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from deblur_cli.model import (
+from deblur_cli.nets.model import (
     MSDN,
     DenseBlock,
     DenseLayer,

@@ -19,13 +19,13 @@ ort = pytest.importorskip("onnxruntime")
 from conftest import TINY, sha256  # noqa: E402
 from deblur_cli import files  # noqa: E402
 from deblur_cli.cli import app  # noqa: E402
-from deblur_cli.configfile import config_from  # noqa: E402
-from deblur_cli.deblurgan import DeblurGAN, DeblurGANConfig  # noqa: E402
+from deblur_cli.weights.configfile import config_from  # noqa: E402
+from deblur_cli.nets.deblurgan import DeblurGAN, DeblurGANConfig  # noqa: E402
 from deblur_cli.errors import MsdnError  # noqa: E402
-from deblur_cli.inference import prepare_model  # noqa: E402
-from deblur_cli.onnx_export import DEFAULT_OPSET, INPUT, export_onnx  # noqa: E402
-from deblur_cli.weightfile import save_weights  # noqa: E402
-from deblur_cli.weights import load_generator  # noqa: E402
+from deblur_cli.inference.engine import prepare_model  # noqa: E402
+from deblur_cli.weights.onnx_export import DEFAULT_OPSET, INPUT, export_onnx  # noqa: E402
+from deblur_cli.weights.weightfile import save_weights  # noqa: E402
+from deblur_cli.weights.resolve import load_generator  # noqa: E402
 
 runner = CliRunner()
 TINY_GAN = DeblurGANConfig(channels=8, downsamplings=2, blocks=1)
@@ -94,7 +94,7 @@ def test_cli_writes_onnx_and_refuses_to_replace_it(weights, tmp_path):
 
 
 def test_cli_with_o_exports_onnx_of_the_written_safetensors(tmp_path):
-    from deblur_cli.model import MSDN
+    from deblur_cli.nets.model import MSDN
 
     torch.manual_seed(3)
     ckpt = tmp_path / "best.pt"

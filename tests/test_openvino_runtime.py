@@ -13,11 +13,12 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from conftest import TINY
-from deblur_cli import cli, ircache
-from deblur_cli import openvino_runtime as ov_runtime
+from deblur_cli import cli
+from deblur_cli.inference import ircache
+from deblur_cli.inference import openvino_runtime as ov_runtime
 from deblur_cli.errors import MsdnError
-from deblur_cli.inference import choose_runtime, deblur, prepare_model
-from deblur_cli.model import MSDN, MSDNConfig
+from deblur_cli.inference.engine import choose_runtime, deblur, prepare_model
+from deblur_cli.nets.model import MSDN, MSDNConfig
 
 TILING = {"tile": 64, "overlap": 16}
 
@@ -61,7 +62,7 @@ def photo(path: Path, h: int = 70, w: int = 90) -> Path:
 
 
 def test_export_form_computes_what_the_network_computes_where_a_pool_outgrows_the_bottleneck():
-    from deblur_cli.openvino_runtime import export_form
+    from deblur_cli.inference.openvino_runtime import export_form
 
     network = tiny_network(3, MSDNConfig(stem_channels=8, growth_rate=4, encoder_layers=(1, 1), bottleneck_layers=1,
                                          decoder_layers=(1, 1), pyramid_pools=(3, 16)))

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from deblur_cli.errors import MsdnError
-from deblur_cli.pipeline import (DeblurSettings, check_output, deblur_directory, default_output, default_output_dir,
+from deblur_cli.inference.pipeline import (DeblurSettings, check_output, deblur_directory, default_output, default_output_dir,
                                  parse_amp, parse_extensions, plan_directory, record_output)
 
 
@@ -106,7 +106,7 @@ def test_same_output_name_is_a_clash(tmp_path: Path) -> None:
 
 
 def test_deblur_directory_goes_on_past_a_bad_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from deblur_cli import pipeline
+    from deblur_cli.inference import pipeline
 
     monkeypatch.setattr(pipeline, "deblur", lambda model, image, **kw: 1.0 - image)  # stand-in network
     root = tmp_path / "photos"

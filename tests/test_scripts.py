@@ -16,7 +16,7 @@ from PIL import Image
 
 from conftest import TINY
 
-from deblur_cli.trainconfig import TrainConfig
+from deblur_cli.training.trainconfig import TrainConfig
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 sys.path.insert(0, str(SCRIPTS))
@@ -207,7 +207,7 @@ def test_check_split_requires_enough_validation_photos_and_sources() -> None:
 
 
 def test_eval_blur_is_reproducible_per_photo_level_and_group() -> None:
-    from deblur_cli.synthetic import name_seed
+    from deblur_cli.training.synthetic import name_seed
 
     assert len({name_seed(1, "a", lv, g) for lv in make_eval_set.LEVELS for g in make_eval_set.GROUPS}) == 12
     assert name_seed(1, "a", "mild", "train") != name_seed(2, "a", "mild", "train")
@@ -258,9 +258,9 @@ def test_level_table_raw_and_aligned() -> None:
 
 
 def test_manifest_apply_needs_a_gain_in_every_group(tmp_path: Path) -> None:
-    from deblur_cli.manifest import load_manifest
-    from deblur_cli.model import MSDN
-    from deblur_cli.weightfile import save_weights
+    from deblur_cli.weights.manifest import load_manifest
+    from deblur_cli.nets.model import MSDN
+    from deblur_cli.weights.weightfile import save_weights
 
     config = TINY
     weights = tmp_path / "m.safetensors"
@@ -302,8 +302,8 @@ def _run_killed_at_step_3(tmp_path: Path) -> tuple[TrainConfig, dict]:
     """A tiny synthetic-blur run of 6 steps, killed after its checkpoint of step 2, and that checkpoint."""
     from skimage import data as skdata
 
-    from deblur_cli import train as T
-    from deblur_cli.checkpoint import load_training_checkpoint
+    from deblur_cli.training import train as T
+    from deblur_cli.weights.checkpoint import load_training_checkpoint
 
     photos = tmp_path / "photos"
     photos.mkdir()
@@ -324,8 +324,8 @@ def _run_killed_at_step_3(tmp_path: Path) -> tuple[TrainConfig, dict]:
 
 def test_fork_changes_the_recipe_and_rescales_the_schedule(tmp_path: Path) -> None:
     """A fork resumes where `--resume` would refuse; with lr x2 it continues the cosine a run started at 2 lr has."""
-    from deblur_cli import train as T
-    from deblur_cli.checkpoint import load_training_checkpoint
+    from deblur_cli.training import train as T
+    from deblur_cli.weights.checkpoint import load_training_checkpoint
 
     config, base = _run_killed_at_step_3(tmp_path)
     lrs = {}
@@ -348,8 +348,8 @@ def test_fork_changes_the_recipe_and_rescales_the_schedule(tmp_path: Path) -> No
 
 def test_fork_adds_a_fresh_critic_to_a_psnr_run(tmp_path: Path) -> None:
     """Turning the adversarial term on gives the fork a critic that trains from the fork's step and lr on."""
-    from deblur_cli import train as T
-    from deblur_cli.checkpoint import load_training_checkpoint
+    from deblur_cli.training import train as T
+    from deblur_cli.weights.checkpoint import load_training_checkpoint
 
     _, base = _run_killed_at_step_3(tmp_path)
     assert base["critic"] == {}
@@ -370,8 +370,8 @@ def test_fork_adds_a_fresh_critic_to_a_psnr_run(tmp_path: Path) -> None:
 
 def test_gpu_burst_dry_run_on_cpu_brings_back_a_small_resumable_checkpoint(tmp_path: Path) -> None:
     """The burst's one command, on CPU for 2 steps: the same fork, `msdn train --resume` and slimming."""
-    from deblur_cli import train as T
-    from deblur_cli.checkpoint import load_training_checkpoint
+    from deblur_cli.training import train as T
+    from deblur_cli.weights.checkpoint import load_training_checkpoint
 
     gpu_burst = importlib.import_module("gpu_burst")
     config, base = _run_killed_at_step_3(tmp_path)

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from deblur_cli import shake
+from deblur_cli.training import shake
 
 from conftest import gen
 from conftest import photo_crop as photo

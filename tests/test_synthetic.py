@@ -1,4 +1,4 @@
-"""The in-memory photo bank, training batches and the fixed validation pairs (deblur_cli.synthetic)."""
+"""The in-memory photo bank, training batches and the fixed validation pairs (deblur_cli.training.synthetic)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,10 @@ import torch.nn.functional as F
 from PIL import Image
 from skimage import data as skdata
 
-from deblur_cli import metrics, shake
-from deblur_cli import synthetic as S
-from deblur_cli.data import Sample
+from deblur_cli.evaluation import metrics
+from deblur_cli.training import shake
+from deblur_cli.training import synthetic as S
+from deblur_cli.training.data import Sample
 
 
 @pytest.fixture(scope="module")
@@ -171,7 +172,7 @@ def test_gradient_matches_numpy_on_8_bit_values() -> None:
 
 def test_real_blur_pairs_are_centre_crops_of_a_paired_folder(tmp_path: Path) -> None:
     from deblur_cli.errors import MsdnError
-    from deblur_cli.validation import real_pairs
+    from deblur_cli.training.validation import real_pairs
 
     for folder, offset in (("blur", 10), ("sharp", 0)):
         (tmp_path / folder).mkdir()
@@ -188,8 +189,8 @@ def test_real_blur_pairs_are_centre_crops_of_a_paired_folder(tmp_path: Path) -> 
 
 
 def test_render_workers_give_exactly_the_batches_of_the_training_process(photos: list[Sample]) -> None:
-    from deblur_cli.trainconfig import TrainConfig
-    from deblur_cli.trainingdata import StepBatches, rendered
+    from deblur_cli.training.trainconfig import TrainConfig
+    from deblur_cli.training.trainingdata import StepBatches, rendered
 
     config = TrainConfig(data=".", batch_size=2, crop=32, blur_strength=(1.0, 6.0), frame_share=0.5)
     batches = StepBatches(S.PhotoBank(photos), config, seed=5, total=7)

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from deblur_cli.errors import MsdnError
-from deblur_cli.tiling import (
+from deblur_cli.inference.tiling import (
     axis_windows,
     border_pad,
     plan_axis,

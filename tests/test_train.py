@@ -18,15 +18,15 @@ from PIL import Image
 from skimage import data as skdata
 from typer.testing import CliRunner
 
-from deblur_cli import train as T
-from deblur_cli import vgg as V
-from deblur_cli.checkpoint import load_training_checkpoint
+from deblur_cli.training import train as T
+from deblur_cli.training import vgg as V
+from deblur_cli.weights.checkpoint import load_training_checkpoint
 from deblur_cli.cli import app
 from deblur_cli.errors import MsdnError
-from deblur_cli.losses import l1_loss
-from deblur_cli.model import MSDNConfig
-from deblur_cli.trainstep import build_nets, generator_update
-from deblur_cli.weightfile import build_generator, load_weights_file
+from deblur_cli.training.losses import l1_loss
+from deblur_cli.nets.model import MSDNConfig
+from deblur_cli.training.trainstep import build_nets, generator_update
+from deblur_cli.weights.weightfile import build_generator, load_weights_file
 from conftest import TINY
 
 torch.set_num_threads(2)
@@ -382,7 +382,7 @@ def test_cli_resume_keeps_the_runs_settings_and_says_what_a_flag_changes(
 
 
 def test_ema_is_what_validation_scores_and_export_ships(photos: Path, tmp_path: Path) -> None:
-    from deblur_cli.checkpoint import load_checkpoint
+    from deblur_cli.weights.checkpoint import load_checkpoint
 
     rec = Recorder()
     cfg = tiny_config(photos, tmp_path / "run", adv_weight=0.0, steps=6, ema_decay=0.5, warmup_steps=0, lr=1e-2,
@@ -442,7 +442,7 @@ def test_best_so_far_is_kept_only_when_scored_by_the_same_metric() -> None:
 
 
 def test_resume_merge_rules(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from deblur_cli.resume import merge
+    from deblur_cli.training.resume import merge
 
     monkeypatch.chdir(tmp_path)
     stored = T.TrainConfig(data="photos", steps=100, val_every=50, export="/x/g.safetensors", max_minutes=5.0,
@@ -467,7 +467,7 @@ def test_resume_merge_rules(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
 
 
 def test_over_budget_counts_the_work_ahead() -> None:
-    from deblur_cli.budget import over_budget
+    from deblur_cli.training.budget import over_budget
 
     now = time.perf_counter()
     assert not over_budget(now, None, ahead=1e9) and not over_budget(now, 1.0)

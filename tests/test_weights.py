@@ -25,15 +25,15 @@ from hub_server import FakeHub  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
-from deblur_cli import checkpoint as ck  # noqa: E402
-from deblur_cli import hub as hb  # noqa: E402
-from deblur_cli import manifest as mf  # noqa: E402
-from deblur_cli import publish as pub  # noqa: E402
-from deblur_cli import weightfile as wf  # noqa: E402
-from deblur_cli import weights as w  # noqa: E402
+from deblur_cli.weights import checkpoint as ck  # noqa: E402
+from deblur_cli.weights import hub as hb  # noqa: E402
+from deblur_cli.weights import manifest as mf  # noqa: E402
+from deblur_cli.weights import publish as pub  # noqa: E402
+from deblur_cli.weights import weightfile as wf  # noqa: E402
+from deblur_cli.weights import resolve as w  # noqa: E402
 from deblur_cli.cli import app  # noqa: E402
 from deblur_cli.errors import MsdnError  # noqa: E402
-from deblur_cli.model import MSDN, MSDNConfig  # noqa: E402
+from deblur_cli.nets.model import MSDN, MSDNConfig  # noqa: E402
 from conftest import TINY
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -593,7 +593,7 @@ def test_an_unreachable_endpoint_prints_one_line_not_the_hub_clients_retries(hf_
     path = manifest([valid_entry()], default="gopro")
     code = ("import pathlib, sys, time\n"
             "time.sleep = lambda s: None  # skip the retries' back-off (~23 s), not the retries\n"
-            "import deblur_cli.manifest as mf\n"
+            "import deblur_cli.weights.manifest as mf\n"
             "mf.MANIFEST_PATH = pathlib.Path(sys.argv[1])\n"
             "from deblur_cli.cli import main\n"
             "sys.argv = ['msdn', 'weights', 'download', 'gopro']\n"
@@ -620,7 +620,7 @@ def test_export_from_a_trained_safetensors_keeps_its_metrics(tmp_path):
 
 
 def test_deblur_tiling_defaults_come_from_the_manifest_entry(online, manifest, tmp_path):
-    from deblur_cli.weights import recommended_tiling
+    from deblur_cli.weights.resolve import recommended_tiling
 
     entry, _ = publish(online, tmp_path)
     manifest([{**entry, "tile": 128, "overlap": 16}], default="tiny")
@@ -636,7 +636,7 @@ def test_eval_tiling_defaults_come_from_the_manifest_entry(online, manifest, tmp
     import numpy as np
     from PIL import Image
 
-    from deblur_cli import evaluate as ev
+    from deblur_cli.evaluation import evaluate as ev
 
     entry, _ = publish(online, tmp_path)
     manifest([{**entry, "tile": 64, "overlap": 8}], default="tiny")

@@ -12,8 +12,8 @@ import typer
 from deblur_cli.commands.common import console, friendly_errors, gathered, option, progress, warn
 
 if TYPE_CHECKING:
-    from deblur_cli.pipeline import DeblurSettings
-    from deblur_cli.weights import Selection
+    from deblur_cli.inference.pipeline import DeblurSettings
+    from deblur_cli.weights.resolve import Selection
 
 AMP_OPTION = typer.Option("auto", "--amp", help="Mixed precision: auto (bf16 where the GPU or CPU runs it "
                           "natively, else float32), none, bf16 or fp16 (CUDA).")
@@ -45,8 +45,8 @@ RUN_OPTIONS = [
 
 def _settings(run: dict[str, Any], selection: Selection) -> DeblurSettings:
     """Options given win; the model's recommended tiling fills the rest (one manifest look-up)."""
-    from deblur_cli.images import DEFAULT_MAX_PIXELS
-    from deblur_cli.pipeline import DeblurSettings, parse_amp
+    from deblur_cli.imaging.images import DEFAULT_MAX_PIXELS
+    from deblur_cli.inference.pipeline import DeblurSettings, parse_amp
 
     rec_tile, rec_overlap = selection.tiling
     return DeblurSettings(tile=rec_tile if run["tile"] is None else run["tile"],
@@ -56,7 +56,7 @@ def _settings(run: dict[str, Any], selection: Selection) -> DeblurSettings:
 
 
 def _prepare(run: dict[str, Any]) -> tuple[Selection, DeblurSettings]:
-    from deblur_cli.weights import select_weights
+    from deblur_cli.weights.resolve import select_weights
 
     selection = select_weights(run["model"], run["weights"])  # the manifest is read once, for tiling and weights
     return selection, _settings(run, selection)
@@ -66,7 +66,7 @@ def _load_model(selection: Selection, run: dict[str, Any]) -> Any:
     """The generator, with a download bar that appears only if weights are actually fetched."""
     from rich.progress import BarColumn, DownloadColumn, TextColumn, TransferSpeedColumn
 
-    from deblur_cli.weights import ready_model
+    from deblur_cli.weights.resolve import ready_model
 
     with progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
                   transient=True) as bar:
@@ -103,9 +103,9 @@ def deblur_command(
     import time
 
     from deblur_cli.files import remove_stale_temps
-    from deblur_cli.images import DEFAULT_MAX_PIXELS, probe_image
-    from deblur_cli.inference import describe_runtime
-    from deblur_cli.pipeline import check_output, deblur_file, default_output
+    from deblur_cli.imaging.images import DEFAULT_MAX_PIXELS, probe_image
+    from deblur_cli.inference.engine import describe_runtime
+    from deblur_cli.inference.pipeline import check_output, deblur_file, default_output
 
     limit = DEFAULT_MAX_PIXELS if run["max_pixels"] is None else run["max_pixels"]
     if limit >= 1:  # (a bad --max-pixels is reported with the other options just below)
@@ -144,8 +144,8 @@ def deblur_dir_command(
     """Remove motion blur from every photo in a folder; bad files are reported and skipped."""
     import time
 
-    from deblur_cli.inference import describe_runtime
-    from deblur_cli.pipeline import deblur_directory, default_output_dir, parse_extensions, plan_directory
+    from deblur_cli.inference.engine import describe_runtime
+    from deblur_cli.inference.pipeline import deblur_directory, default_output_dir, parse_extensions, plan_directory
 
     out_dir = output if output is not None else default_output_dir(directory)
     jobs = plan_directory(directory, out_dir, recursive=recursive, extensions=parse_extensions(ext), fmt=fmt,

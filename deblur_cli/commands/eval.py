@@ -96,10 +96,10 @@ def eval_command(
     """Score models by PSNR / SSIM (8-bit, scikit-image conventions) on a benchmark folder."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from deblur_cli import evaluate as ev
-    from deblur_cli.datasets import discover
-    from deblur_cli.inference import choose_runtime, describe_runtime
-    from deblur_cli.pipeline import parse_amp
+    from deblur_cli.evaluation import evaluate as ev
+    from deblur_cli.evaluation.datasets import discover
+    from deblur_cli.inference.engine import choose_runtime, describe_runtime
+    from deblur_cli.inference.pipeline import parse_amp
 
     if baseline not in (None, ev.IDENTITY):
         raise fail(f"unknown baseline '{baseline}': the only baseline is '{ev.IDENTITY}'")

@@ -142,8 +142,8 @@ def new_network(arch: str, recipe: str, network: dict[str, Any]) -> Any:
     (MSDN's widths and pyramid do not apply to DeblurGAN's generator)."""
     from dataclasses import replace
 
-    from deblur_cli.architectures import default_config
-    from deblur_cli.trainconfig import CPU_NETWORK, PAPER_NETWORK
+    from deblur_cli.nets.architectures import default_config
+    from deblur_cli.training.trainconfig import CPU_NETWORK, PAPER_NETWORK
 
     try:
         base = default_config(arch)
@@ -235,7 +235,7 @@ def train_command(
     """Train a deblurring generator, MSDN by default (resumable; the CPU recipe by default, --recipe paper
     for the paper's)."""
     try:
-        from deblur_cli.train import PAPER_RECIPE, TrainConfig, train
+        from deblur_cli.training.train import PAPER_RECIPE, TrainConfig, train
     except ImportError as exc:  # kornia (blur synthesis) is a training extra, not an inference dependency
         raise MsdnError(f"msdn train needs the training extras: pip install 'msdn-deblur[train]' ({exc})") from None
 

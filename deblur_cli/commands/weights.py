@@ -59,9 +59,9 @@ def weights_list() -> None:
     """List the models in the weights manifest and whether they are on this machine."""
     from rich.table import Table
 
-    from deblur_cli.hub import hub_settings
-    from deblur_cli.manifest import load_manifest
-    from deblur_cli.weights import local_copies
+    from deblur_cli.weights.hub import hub_settings
+    from deblur_cli.weights.manifest import load_manifest
+    from deblur_cli.weights.resolve import local_copies
 
     manifest = load_manifest()
     if not manifest.models:
@@ -86,8 +86,8 @@ def weights_info(name: str = typer.Argument(..., help="Model name from `msdn wei
 
     from rich.table import Table
 
-    from deblur_cli.manifest import load_manifest
-    from deblur_cli.weights import local_copies
+    from deblur_cli.weights.manifest import load_manifest
+    from deblur_cli.weights.resolve import local_copies
 
     manifest = load_manifest()
     entry = manifest.entry(name)
@@ -114,8 +114,8 @@ def weights_download(
     force: bool = typer.Option(False, "--force", help="Download again even if a verified copy is cached."),
 ) -> None:
     """Fetch a model into the Hugging Face cache (verified) so it works offline later."""
-    from deblur_cli.manifest import load_manifest
-    from deblur_cli.weights import fetch_model
+    from deblur_cli.weights.manifest import load_manifest
+    from deblur_cli.weights.resolve import fetch_model
 
     entry = load_manifest().entry(name)
     with _byte_progress(f"{entry.name}") as progress:
@@ -130,11 +130,11 @@ def weights_verify(
     weights: Path | None = typer.Option(None, "--weights", help="Check that this file loads as an MSDN instead."),
 ) -> None:
     """Check local copies against the manifest's sha256 and size (exit 1 on any mismatch)."""
-    from deblur_cli.hub import file_problem
-    from deblur_cli.manifest import load_manifest
-    from deblur_cli.model import count_parameters
-    from deblur_cli.weightfile import sha256_file
-    from deblur_cli.weights import load_generator, local_copies
+    from deblur_cli.weights.hub import file_problem
+    from deblur_cli.weights.manifest import load_manifest
+    from deblur_cli.nets.model import count_parameters
+    from deblur_cli.weights.weightfile import sha256_file
+    from deblur_cli.weights.resolve import load_generator, local_copies
 
     if weights is not None:
         params = count_parameters(load_generator(weights=weights))
@@ -179,8 +179,8 @@ def weights_export(
 
     import torch
 
-    from deblur_cli.onnx_export import check_onnx_target, export_onnx, require_onnx
-    from deblur_cli.publish import export_checkpoint
+    from deblur_cli.weights.onnx_export import check_onnx_target, export_onnx, require_onnx
+    from deblur_cli.weights.publish import export_checkpoint
 
     if output is None and onnx is None:
         raise typer.BadParameter("neither given: name a .safetensors file (-o), an .onnx file (--onnx) or both",
@@ -219,7 +219,7 @@ def weights_push(
     """Upload weights + config.json + model card in one commit; print the manifest entry pinned to it."""
     import json
 
-    from deblur_cli.publish import push_weights
+    from deblur_cli.weights.publish import push_weights
 
     path = weights if weights is not None else Path(f"{name}.safetensors")
     if not path.is_file():

@@ -1,0 +1,1 @@
+"""Scoring: datasets of blurred/sharp pairs, PSNR/SSIM metrics and side-by-side evaluation."""

@@ -1,0 +1,1 @@
+"""Training: configs, synthetic blur renderers, data, losses, the loop, resume and validation."""

@@ -1,0 +1,1 @@
+"""Weight files, checkpoints, the manifest of named models, the Hub, export and publishing."""
