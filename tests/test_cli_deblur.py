@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import struct
+import re
 from pathlib import Path
 
 import numpy as np
@@ -61,6 +62,22 @@ def test_deblur_writes_the_network_output_beside_the_input(tmp_path: Path, weigh
     assert np.abs(written.astype(int) - np.asarray(Image.open(src)).astype(int)).mean() > 1  # not a copy
     assert src.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["shot.jpg", "shot_deblurred.png"]  # no temporaries
+
+
+def test_off_a_terminal_a_long_photo_prints_plain_progress_lines(tmp_path: Path, weights: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from deblur_cli.commands import common
+
+    src = _photo(tmp_path / "shot.png", 200, 200)  # 5 x 5 tiles of 64
+    quick = CliRunner().invoke(cli.app, ["deblur", str(src), "--weights", str(weights), *FAST])
+    assert quick.exit_code == 0 and quick.stderr == ""  # a quick photo: nothing but the result line
+    monkeypatch.setattr(common, "PLAIN_AFTER_S", 0.0)  # as if every tile took long
+    monkeypatch.setattr(common, "PLAIN_EVERY_S", 0.0)
+    slow = CliRunner().invoke(cli.app, ["deblur", str(src), "--weights", str(weights), *FAST, "--overwrite"])
+    assert slow.exit_code == 0, slow.output
+    lines = slow.stderr.splitlines()
+    assert lines[0].startswith("Deblurring shot.png: ") and lines[-1] == "Deblurring shot.png: 25/25 tiles (100%)"
+    assert all(re.fullmatch(r"Deblurring shot\.png: \d+/25 tiles \(\d+%\)", line) for line in lines)
 
 
 def test_deblur_output_format_and_16_bits(tmp_path: Path, weights: Path) -> None:

@@ -128,6 +128,32 @@ def progress(*columns: Any, **options: Any) -> Any:
     return Progress(*columns, console=console, disable=not console.is_terminal, **options)
 
 
+PLAIN_AFTER_S = 2.0  # without a terminal: a photo's first progress line once it has taken this long...
+PLAIN_EVERY_S = 10.0  # ...then one at most this often, and one at the end
+
+
+def plain_progress(label: str, clock: Callable[[], float] | None = None) -> Callable[[int, int], None]:
+    """progress(done, total) as plain stderr lines where no bar is drawn (a log, a pipe): silent for a
+    quick photo, so a short run's stderr stays empty, then `label: 6/24 tiles (25%)` now and then."""
+    import time
+
+    clock = clock or time.monotonic
+    start, last = clock(), [None]
+
+    def update(done: int, total: int) -> None:
+        now = clock()
+        if total <= 1 or now - start < PLAIN_AFTER_S:
+            return
+        if done < total and last[0] is not None and now - last[0] < PLAIN_EVERY_S:
+            return
+        if done == total and last[0] is None:
+            return  # finished before its first line: the result line says the rest
+        last[0] = now
+        say(f"{escape(label)}: {done}/{total} tiles ({100 * done // total}%)")
+
+    return update
+
+
 def option(name: str, annotation: Any, default: Any) -> inspect.Parameter:
     """One command-line parameter declared as data, so a set of options is written once and shared."""
     return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from deblur_cli.commands.common import console, friendly_errors, gathered, option, progress, warn
+from deblur_cli.commands.common import console, friendly_errors, gathered, option, plain_progress, progress, warn
 
 if TYPE_CHECKING:
     from deblur_cli.inference.pipeline import DeblurSettings
@@ -116,9 +116,12 @@ def deblur_command(
     generator = _load_model(selection, run)
     remove_stale_temps(target.parent)
     start = time.perf_counter()
+    plain = None if console.is_terminal else plain_progress(f"Deblurring {image.name}")
     with _tile_bar() as (bar, task):
         def on_tiles(done: int, total: int) -> None:
             bar.update(task, completed=done, total=total, visible=total > 1)
+            if plain is not None:
+                plain(done, total)
 
         result = deblur_file(generator, image, target, settings, progress=on_tiles, replace=overwrite)
     seconds = time.perf_counter() - start
