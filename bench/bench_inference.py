@@ -7,7 +7,9 @@
 
 The networks are randomly initialised: fine for timing and memory, never saved anywhere.
 Peak RSS is `ru_maxrss` of a fresh child process that builds an 8-bit HxWx3 array (what a PIL
-decode leaves behind), converts it to the (1, 3, H, W) float tensor the CLI would pass, and deblurs.
+decode leaves behind), views it as the (1, 3, H, W) uint8 tensor the CLI passes (`LoadedImage.pixels`),
+and deblurs it to uint8 levels: tiles and a band of rows are the only float. `--float-input` measures
+the float32 (1, 3, H, W) in / out path of the Python API instead.
 """
 
 from __future__ import annotations
@@ -65,20 +67,25 @@ def vm_hwm_mb() -> float:
         return float("nan")
 
 
-def child(config: str, height: int, width: int, tile: int, overlap: int, threads: int) -> None:
+def child(config: str, height: int, width: int, tile: int, overlap: int, threads: int, float_input: bool) -> None:
     torch.set_num_threads(threads)
     model = build_model(config)
-    deblur(model, torch.rand(1, 3, 64, 64), tile=tile, overlap=overlap)  # warm-up: allocator, oneDNN kernels
+    # warm-up with a full batch of tiles: allocator, oneDNN kernels and the activations are in the baseline
+    deblur(model, torch.rand(1, 3, 2 * tile, 2 * tile), tile=tile, overlap=overlap, batch_size=4)
     base = max_rss_mb()
     decoded = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
-    image = torch.from_numpy(decoded).permute(2, 0, 1).unsqueeze(0).contiguous().float().div_(255)
-    del decoded
+    image = torch.from_numpy(decoded).permute(2, 0, 1).unsqueeze(0)
+    if float_input:
+        image = image.contiguous().float().div_(255)
+        del decoded
     start = time.perf_counter()
     out = deblur(model, image, tile=tile, overlap=overlap, batch_size=4)
     seconds = time.perf_counter() - start
     tiles = len(plan_axis(height, tile, overlap)) * len(plan_axis(width, tile, overlap))
-    print(json.dumps({"base_mb": base, "peak_mb": max_rss_mb(), "hwm_mb": vm_hwm_mb(), "seconds": seconds,
-                      "tiles": tiles, "image_mb": image.numel() * 4 / 2**20, "finite": bool(torch.isfinite(out).all())}))
+    peak = max_rss_mb()
+    print(json.dumps({"base_mb": base, "peak_mb": peak, "hwm_mb": vm_hwm_mb(), "seconds": seconds, "tiles": tiles,
+                      "image_mb": image.numel() * image.element_size() / 2**20, "dtype": str(out.dtype).split(".")[-1],
+                      "bytes_per_pixel": (peak - base) * 2**20 / (height * width)}))
 
 
 def main() -> None:
@@ -92,11 +99,13 @@ def main() -> None:
     parser.add_argument("--rss-config", choices=["tiny", "default", "none"], default="tiny")
     parser.add_argument("--rss-size", default=None, help="HxW of the RSS image (default 8000x6000 -> W x H)")
     parser.add_argument("--skip-timing", action="store_true", help="only the RSS subprocess")
+    parser.add_argument("--float-input", action="store_true", help="RSS of the float32 in / out API path")
     parser.add_argument("--child", nargs=3, metavar=("CONFIG", "H", "W"), help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.child:
-        child(args.child[0], int(args.child[1]), int(args.child[2]), args.tile, args.overlap, args.threads)
+        child(args.child[0], int(args.child[1]), int(args.child[2]), args.tile, args.overlap, args.threads,
+              args.float_input)
         return
 
     torch.set_num_threads(args.threads)
@@ -107,12 +116,13 @@ def main() -> None:
         size = args.rss_size or ("3000x4000" if args.quick else "6000x8000")
         height, width = (int(v) for v in size.lower().split("x"))
         cmd = [sys.executable, __file__, "--child", args.rss_config, str(height), str(width),
-               "--tile", str(args.tile), "--overlap", str(args.overlap), "--threads", str(args.threads)]
+               "--tile", str(args.tile), "--overlap", str(args.overlap), "--threads", str(args.threads),
+               *(["--float-input"] if args.float_input else [])]
         result = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
         print(f"(3) peak RSS deblurring {width}x{height} ({result['tiles']} tiles, {args.rss_config} config): "
               f"{result['peak_mb']:.0f} MB (VmHWM {result['hwm_mb']:.0f} MB; "
-              f"before the image: {result['base_mb']:.0f} MB; "
-              f"input and output tensors {result['image_mb']:.0f} MB each; {result['seconds']:.1f} s)")
+              f"before the image: {result['base_mb']:.0f} MB, so {result['bytes_per_pixel']:.1f} bytes a pixel; "
+              f"{result['dtype']} input and output {result['image_mb']:.0f} MB each; {result['seconds']:.1f} s)")
 
     if not args.skip_timing:
         model = build_model("default")

@@ -14,7 +14,7 @@ from typer.core import TyperGroup
 from deblur_cli import __version__
 from deblur_cli.commands import weights
 from deblur_cli.commands.common import console, fail, os_error_line  # noqa: F401  (tests narrow or widen console)
-from deblur_cli.commands.deblur import deblur_command, deblur_dir_command
+from deblur_cli.commands.deblur import RayAddressCommand, deblur_command, deblur_dir_command
 from deblur_cli.commands.eval import eval_command
 from deblur_cli.commands.train import train_command
 
@@ -54,7 +54,7 @@ def _root(
 
 
 app.command("deblur")(deblur_command)
-app.command("deblur-dir")(deblur_dir_command)
+app.command("deblur-dir", cls=RayAddressCommand)(deblur_dir_command)
 app.add_typer(weights.app, name="weights")
 app.command("eval")(eval_command)
 app.command("train")(train_command)

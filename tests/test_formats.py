@@ -168,7 +168,7 @@ def test_without_the_extra_deblur_dir_reports_and_skips(tmp_path: Path, weights:
 
 def test_the_core_never_imports_the_optional_codecs(tmp_path: Path) -> None:
     """pillow-heif is imported only when a HEIC file is met: JPEG/PNG work is as it was without the extra."""
-    script = (f"import sys; from deblur_cli import cli, pipeline; from deblur_cli.imaging.images import load_image, save_image; "
+    script = (f"import sys; from deblur_cli import cli; from deblur_cli.inference import pipeline; from deblur_cli.imaging.images import load_image, save_image; "
               f"from PIL import Image; Image.new('RGB', (8, 6)).save({str(tmp_path / 'a.jpg')!r}); "
               f"x = load_image({str(tmp_path / 'a.jpg')!r}); save_image({str(tmp_path / 'b.png')!r}, x, x.rgb); "
               f"print(sorted(m for m in ('pillow_heif', 'pillow_avif') if m in sys.modules))")

@@ -117,11 +117,13 @@ def test_8bit_rgb_round_trip_is_exact(tmp_path: Path, ext: str) -> None:
     src = tmp_path / f"in{ext}"
     Image.fromarray(pixels).save(src, **({"lossless": True} if ext == ".webp" else {}))
     loaded = load_image(src)
+    assert loaded.pixels.shape == (1, 3, 13, 17) and loaded.pixels.dtype == torch.uint8
     assert loaded.rgb.shape == (1, 3, 13, 17) and loaded.rgb.dtype == torch.float32
     assert loaded.bit_depth == 8 and loaded.alpha is None and loaded.mode == "RGB"
+    np.testing.assert_array_equal(_hwc(loaded.pixels), pixels)
     np.testing.assert_array_equal(_as_uint(loaded.rgb, 8), pixels)
     out = tmp_path / f"out{ext}"
-    save_image(out, loaded, loaded.rgb, quality=100)
+    save_image(out, loaded, loaded.pixels, quality=100)  # integer levels are written as they are
     with Image.open(out) as im:
         assert im.mode == "RGB"
         if ext != ".webp":  # WebP at quality 100 is still lossy
@@ -153,7 +155,7 @@ def test_16bit_png_is_read_and_written_at_16_bits(tmp_path: Path, channels: int)
     assert loaded.bit_depth == 16
     np.testing.assert_array_equal(_as_uint(loaded.rgb, 16), pixels[..., :3])
     if channels == 4:
-        np.testing.assert_array_equal(_as_uint(loaded.alpha, 16)[..., 0], pixels[..., 3])
+        np.testing.assert_array_equal(_hwc(loaded.alpha)[..., 0], pixels[..., 3])
     else:
         assert loaded.alpha is None
 
@@ -169,7 +171,7 @@ def test_16bit_png_is_read_and_written_at_16_bits(tmp_path: Path, channels: int)
 def test_16bit_png_keeps_icc_and_exif(tmp_path: Path) -> None:
     pixels = _u16((6, 5, 3))
     icc, exif = _srgb_icc(), _exif(make="Sixteen")
-    loaded = LoadedImage(rgb=torch.from_numpy(pixels / 65535.0).float().permute(2, 0, 1)[None], alpha=None,
+    loaded = LoadedImage(pixels=torch.from_numpy(pixels).permute(2, 0, 1)[None], alpha=None,
                          bit_depth=16, mode="RGB", icc_profile=icc, exif=exif)
     out = tmp_path / "out.png"
     save_image(out, loaded, loaded.rgb)
@@ -245,7 +247,7 @@ def test_16bit_gray_alpha_png_stays_16bit_gray_alpha(tmp_path: Path, interlace: 
     assert loaded.is_gray and loaded.bit_depth == 16 and loaded.mode == "LA"
     for channel in range(3):
         np.testing.assert_array_equal(_as_uint(loaded.rgb, 16)[..., channel], pixels[..., 0])
-    np.testing.assert_array_equal(_as_uint(loaded.alpha, 16)[..., 0], pixels[..., 1])
+    np.testing.assert_array_equal(_hwc(loaded.alpha)[..., 0], pixels[..., 1])
 
     changed = torch.rand_like(loaded.rgb)  # the network's colour output: written back as one gray plane
     out = tmp_path / "out.png"
@@ -368,7 +370,7 @@ def test_palette_with_transparency_becomes_rgba(tmp_path: Path) -> None:
     expected = np.asarray(Image.open(src).convert("RGBA"))
     assert loaded.mode == "P"
     np.testing.assert_array_equal(_as_uint(loaded.rgb, 8), expected[..., :3])
-    np.testing.assert_array_equal(_as_uint(loaded.alpha, 8)[..., 0], expected[..., 3])
+    np.testing.assert_array_equal(_hwc(loaded.alpha)[..., 0], expected[..., 3])
     assert set(np.unique(expected[..., 3])) <= {0, 255} and (expected[..., 3] == 0).any()
 
 
@@ -526,7 +528,8 @@ def test_pillow_limit_is_restored(tmp_path: Path) -> None:
 
 
 def _loaded(h: int = 4, w: int = 5) -> LoadedImage:
-    return LoadedImage(rgb=torch.rand(1, 3, h, w), alpha=None, bit_depth=8, mode="RGB")
+    return LoadedImage(pixels=torch.randint(0, 256, (1, 3, h, w), dtype=torch.uint8), alpha=None, bit_depth=8,
+                       mode="RGB")
 
 
 def test_unknown_output_extension(tmp_path: Path) -> None:

@@ -11,7 +11,9 @@ from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 
 from deblur_cli.errors import MsdnError
+from deblur_cli.imaging.planes import PIXEL_DTYPES, hwc, quantize, to_float
 from deblur_cli.inference.engine import deblur, prepare_model, select_device
+from deblur_cli.inference.tiling import axis_windows, plan_image, source_indices
 from deblur_cli.nets.model import MSDN, MSDNConfig
 from conftest import TINY
 
@@ -158,6 +160,74 @@ def test_input_is_not_modified():
     before = image.clone()
     deblur(small_conv_model(), image, tile=32, overlap=8)
     assert torch.equal(image, before)
+
+
+def whole_buffer_deblur(model: nn.Module, image: torch.Tensor, tile: int, overlap: int) -> torch.Tensor:
+    """The tiling before bands: every tile, one at a time, added into a whole-image float output."""
+    rows, cols = plan_image(*image.shape[-2:], tile, overlap)
+    wr, wc = axis_windows(rows), axis_windows(cols)
+    output = torch.zeros_like(image)
+    with torch.no_grad():
+        for r, row in enumerate(rows):
+            for c, col in enumerate(cols):
+                cut = image.index_select(2, source_indices(row, image.shape[2]))
+                result = model(cut.index_select(3, source_indices(col, image.shape[3])))[0]
+                (r0, r1), (c0, c1) = row.keep, col.keep
+                crop = result[:, r0 - row.start : r1 - row.start, c0 - col.start : c1 - col.start]
+                output[0, :, r0:r1, c0:c1] += crop * (wr[r].float()[:, None] * wc[c].float()[None, :])
+    return output.clamp_(0.0, 1.0)
+
+
+class BoxBlur(nn.Module):
+    """3x3 mean: a model whose every output pixel is computed the same way whatever the batch size."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gain = nn.Parameter(torch.tensor(1.1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.avg_pool2d(x, 3, 1, 1, count_include_pad=False) * self.gain
+
+
+def test_bands_sum_bit_for_bit_as_a_whole_image_buffer():
+    """Only a band of rows is float at a time, yet every pixel's sum is the one a whole-image buffer gets."""
+    model, image = BoxBlur().eval(), random_image(170, 130, seed=4)
+    expected = whole_buffer_deblur(model, image, 48, 16)
+    for batch in (1, 4, 7):  # batches that end inside a tile row, and span two
+        assert torch.equal(deblur(model, image, tile=48, overlap=16, batch_size=batch), expected)
+
+
+@pytest.mark.parametrize("bits", [8, 16])
+def test_integer_photo_gives_the_float_result_rounded_as_save_image_rounds(bits):
+    """uint8 / uint16 levels in: the same dtype out, bit for bit the float path's output quantized."""
+    levels = torch.randint(0, 2**bits, (1, 3, 150, 170), generator=torch.Generator().manual_seed(bits))
+    levels = levels.to(PIXEL_DTYPES[bits])
+    model = small_conv_model()
+    as_float = deblur(model, to_float(levels), tile=48, overlap=16, batch_size=5)
+    out = deblur(model, levels, tile=48, overlap=16, batch_size=5)
+    assert out.dtype == PIXEL_DTYPES[bits] and out.shape == levels.shape
+    np.testing.assert_array_equal(hwc(out), quantize(hwc(as_float), bits))
+    assert hwc(out).flags.c_contiguous  # (H, W, C) in memory: encoders take it without a copy
+
+
+def test_finished_rows_leave_in_order_in_bands_of_at_most_a_tile():
+    seen = []
+
+    def finish(rows: torch.Tensor, first: int) -> torch.Tensor:
+        assert rows.dtype == torch.float32 and 0 <= rows.min() and rows.max() <= 1
+        seen.append((first, rows.shape[2]))
+        return rows[:, :1].mul(255).round().to(torch.uint8)  # any channels and dtype
+
+    levels = torch.randint(0, 256, (1, 3, 300, 90), dtype=torch.uint8)
+    out = deblur(pointwise_model(), levels, tile=64, overlap=16, batch_size=3, finish=finish)
+    assert out.shape == (1, 1, 300, 90) and out.dtype == torch.uint8
+    assert [first for first, _ in seen] == list(np.cumsum([0] + [h for _, h in seen[:-1]]))
+    assert sum(h for _, h in seen) == 300 and max(h for _, h in seen) <= 64 and len(seen) > 4
+
+
+def test_only_msdns_pixel_dtypes_are_taken():
+    with pytest.raises(ValueError, match="uint8 or torch.uint16"):
+        deblur(pointwise_model(), torch.zeros(1, 3, 20, 20, dtype=torch.int32))
 
 
 def test_prepare_model_fuses_weight_norm_and_keeps_outputs():

@@ -108,7 +108,10 @@ def test_same_output_name_is_a_clash(tmp_path: Path) -> None:
 def test_deblur_directory_goes_on_past_a_bad_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from deblur_cli.inference import pipeline
 
-    monkeypatch.setattr(pipeline, "deblur", lambda model, image, **kw: 1.0 - image)  # stand-in network
+    from deblur_cli.imaging.planes import to_float
+
+    # stand-in network: inverts the colours and hands the rows to `finish`, as `deblur` does
+    monkeypatch.setattr(pipeline, "deblur", lambda model, image, finish, **kw: finish(1.0 - to_float(image), 0))
     root = tmp_path / "photos"
     _image(root / "a.png")
     (root / "b.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import typer
+from typer.core import TyperCommand
 
 from deblur_cli.commands.common import console, friendly_errors, gathered, option, plain_progress, progress, warn
+from deblur_cli.errors import MsdnError
 
 if TYPE_CHECKING:
     from deblur_cli.inference.pipeline import DeblurSettings
@@ -143,6 +146,16 @@ def deblur_dir_command(
     fmt: str | None = typer.Option(None, "--format", help="Output format, e.g. png (default: same as each input)."),
     run: dict[str, Any] = None,  # type: ignore[assignment]  # RUN_OPTIONS
     overwrite: bool = typer.Option(False, "--overwrite", help="Redo outputs that already exist."),
+    ray_address: str | None = typer.Option(None, "--ray", metavar="[ADDRESS]", show_default=False,
+                                           help="Deblur on a Ray cluster: alone, the one RAY_ADDRESS names or a new "
+                                           "local one; or auto, ray://HOST:10001. Paths must be on a filesystem "
+                                           "every node sees (the extra: pip install 'msdn-deblur\\[ray]')."),
+    ray_workers: int | None = typer.Option(None, "--ray-workers", min=1, show_default=False,
+                                           help="Ray workers, each loading the model once (default: as many as "
+                                           "the cluster's CPUs hold)."),
+    ray_cpus: int = typer.Option(1, "--ray-cpus-per-worker", min=1, help="CPUs (torch threads) per Ray worker."),
+    ray_gpus: float = typer.Option(0.0, "--ray-gpus-per-worker", min=0.0, help="GPUs per Ray worker (GPU nodes; "
+                                   "with --device auto a worker given one runs on it)."),
 ) -> None:
     """Remove motion blur from every photo in a folder; bad files are reported and skipped."""
     import time
@@ -154,7 +167,8 @@ def deblur_dir_command(
     jobs = plan_directory(directory, out_dir, recursive=recursive, extensions=parse_extensions(ext), fmt=fmt,
                           overwrite=overwrite)
     selection, settings = _prepare(run)
-    generator = _load_model(selection, run)
+    cluster = _cluster_options(ray_address, ray_workers, ray_cpus, ray_gpus)
+    generator = _load_model(selection, run) if cluster is None else None  # on Ray each worker loads its own
     start = time.perf_counter()
     current = [0]
     with _tile_bar(len(jobs)) as (bar, task):
@@ -165,15 +179,68 @@ def deblur_dir_command(
         def on_tiles(done: int, total: int) -> None:
             bar.update(task, completed=current[0] + done / max(total, 1))
 
-        report = deblur_directory(generator, jobs, settings, on_file=on_file, progress=on_tiles,
-                                  on_written=lambda job: typer.echo(f"Wrote {job.target}"))  # stdout, one a file
+        wrote = lambda job: typer.echo(f"Wrote {job.target}")  # noqa: E731  # stdout, one a file
+        if cluster is None:
+            report = deblur_directory(generator, jobs, settings, on_file=on_file, progress=on_tiles, on_written=wrote)
+            described = describe_runtime(generator, settings.amp)
+        else:
+            report, described = _deblur_on_ray(cluster, selection, run, jobs, settings, on_file, on_tiles, wrote)
     seconds = time.perf_counter() - start
     for _, note in report.notes:
         warn(note)
-    _print_summary(f"msdn deblur-dir {directory} -> {out_dir} ({seconds:.1f} s with "
-                   f"{describe_runtime(generator, settings.amp)})", report)
+    _print_summary(f"msdn deblur-dir {directory} -> {out_dir} ({seconds:.1f} s with {described})", report)
     if report.failed:
         raise typer.Exit(1)
+
+
+RAY_EXTRA = "pip install 'msdn-deblur[ray]'"
+_RAY_ADDRESS = re.compile(r"(auto|local|ray://\S+|[\w.\-\[\]:]+:\d+)")  # what `--ray` takes as its value
+
+
+class RayAddressCommand(TyperCommand):
+    """deblur-dir's command: `--ray` takes a value only when the next word is a Ray address (auto, local,
+    ray://..., host:port), so `--ray` alone, last or before a folder, means "RAY_ADDRESS or a local cluster"."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, optional_ray_address(args))
+
+
+def optional_ray_address(args: list[str]) -> list[str]:
+    """`--ray` followed by no address becomes `--ray=` (click options take no optional values)."""
+    words = list(args)
+    for i, word in enumerate(words):
+        if word == "--":
+            break
+        if word == "--ray" and (i + 1 == len(words) or not _RAY_ADDRESS.fullmatch(words[i + 1])):
+            words[i] = "--ray="
+    return words
+
+
+def _cluster_options(address: str | None, workers: int | None, cpus: int, gpus: float) -> Any:
+    """The Ray options, or None for a local run; Ray options without --ray, or --ray without the extra,
+    are refused in one line before any work."""
+    if address is None:
+        if workers is not None or cpus != 1 or gpus != 0:
+            raise MsdnError("--ray-workers, --ray-cpus-per-worker and --ray-gpus-per-worker need --ray")
+        return None
+    try:
+        from deblur_cli.inference.ray_runner import ClusterOptions
+    except ImportError as exc:
+        if (exc.name or "").split(".")[0] != "ray":
+            raise
+        raise MsdnError(f"--ray needs Ray: {RAY_EXTRA}") from None
+    return ClusterOptions(address=address or None, workers=workers, cpus_per_worker=cpus, gpus_per_worker=gpus)
+
+
+def _deblur_on_ray(cluster: Any, selection: Selection, run: dict[str, Any], jobs: Any, settings: DeblurSettings,
+                   on_file: Any, on_tiles: Any, wrote: Any) -> tuple[Any, str]:
+    """The folder's photos on Ray workers that each load the model once (the same callbacks as a local run)."""
+    from deblur_cli.inference.ray_runner import WorkerSpec, deblur_directory_on_ray, require_ray_runtime, worker_runtime
+
+    require_ray_runtime(run["runtime"])
+    spec = WorkerSpec(selection, device=run["device"], runtime=worker_runtime(run["runtime"]), offline=run["offline"],
+                      threads=cluster.cpus_per_worker, amp=settings.amp)
+    return deblur_directory_on_ray(spec, jobs, settings, cluster, on_file=on_file, progress=on_tiles, on_written=wrote)
 
 
 LEFT_OUT_SHOWN = 20  # a folder of sidecar files would otherwise bury the failures

@@ -1,8 +1,9 @@
 """Reading and writing photographs without losing what the deblurring does not touch.
 
-The network sees a (1, 3, H, W) float32 RGB tensor in [0, 1]. Everything else about the file -- alpha,
-bit depth, grayscale-ness, ICC profile, EXIF -- is kept on a `LoadedImage` and put back on save, so a
-deblurred photo differs from its input only in its pixels.
+A photo is loaded as its own integer levels (`LoadedImage.pixels`, (1, 3, H, W) uint8 or uint16; see
+`planes`), never as a whole float array: the network sees float tiles cut from it. Everything else about
+the file -- alpha, bit depth, grayscale-ness, ICC profile, EXIF -- is kept on the `LoadedImage` and put
+back on save, so a deblurred photo differs from its input only in its pixels.
 
 Pillow has no 16-bit RGB or gray + alpha mode: `codec16` reads and writes those. `heif` finds the HEIC and
 AVIF codecs when such a file is met. Animated and multi-page files are refused: msdn deblurs still photos.
@@ -23,7 +24,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image, ImageCms, UnidentifiedImageError, features
 from torch import Tensor
 
@@ -31,6 +31,7 @@ from deblur_cli.imaging import heif
 from deblur_cli.imaging.codec16 import PNG_LEVEL, decode_16bit, gray16_planes, png16, tiff16, truncated_rawmode
 from deblur_cli.errors import MsdnError, first_line
 from deblur_cli.imaging.exif import orient, orientation, upright_exif
+from deblur_cli.imaging.planes import PIXEL_DTYPES, STRIP, Encoding, hwc, pixels_tensor, quantize, to_float
 from deblur_cli.files import atomic_write_bytes, write_error
 
 # Formats Pillow always reads and writes, with the Pillow format of each extension (training and eval sets use these).
@@ -40,7 +41,7 @@ IMAGE_EXTENSIONS: frozenset[str] = frozenset(CORE_FORMATS)
 # What deblur and deblur-dir read and write: the core and the phone formats, whose codecs `heif` finds when needed.
 OUTPUT_FORMATS: dict[str, str] = {**CORE_FORMATS, **heif.FORMATS}
 READ_EXTENSIONS: frozenset[str] = frozenset(OUTPUT_FORMATS)
-DEFAULT_MAX_PIXELS = 100_000_000  # a 100 MP photo already needs ~2.4 GB as float32 in and out
+DEFAULT_MAX_PIXELS = 100_000_000  # a 100 MP 8-bit photo needs ~0.6 GB in and out, ~1.5 GB with 16 bits or alpha
 GRAY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N"})
 _STILL_WITH_EXTRAS = frozenset({"MPO"})  # JPEG + previews or a stereo pair's other eye: the first frame is the photo
 # Errors Pillow and its codecs raise on a file that is not what it claims to be.
@@ -51,12 +52,12 @@ _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib
 class LoadedImage:
     """A decoded photo: the RGB the network sees plus what must survive the round trip to disk.
 
-    `rgb` is already upright (EXIF orientation applied) and `exif` has its orientation reset to 1,
+    `pixels` are already upright (EXIF orientation applied) and `exif` has its orientation reset to 1,
     so viewers do not rotate the output a second time.
     """
 
-    rgb: Tensor  # (1, 3, H, W) float32 in [0, 1]
-    alpha: Tensor | None  # (1, 1, H, W) float32 in [0, 1], exact multiples of 1/(2^bit_depth - 1)
+    pixels: Tensor  # (1, 3, H, W) levels: torch.uint8 for 8-bit photos, torch.uint16 for 16-bit ones
+    alpha: Tensor | None  # (1, 1, H, W) levels of the same dtype
     bit_depth: int  # 8 or 16
     mode: str  # Pillow mode of the source ("RGB", "L", "I;16", "RGBA", "P", "CMYK", ...; "LA" also at 16 bits)
     icc_profile: bytes | None = None
@@ -69,7 +70,13 @@ class LoadedImage:
     @property
     def size(self) -> tuple[int, int]:
         """(width, height), as Pillow reports sizes."""
-        return self.rgb.shape[-1], self.rgb.shape[-2]
+        return self.pixels.shape[-1], self.pixels.shape[-2]
+
+    @property
+    def rgb(self) -> Tensor:
+        """(1, 3, H, W) float32 in [0, 1]: a new 12-bytes-a-pixel copy, for metrics and float code;
+        `deblur(model, loaded.pixels)` needs none."""
+        return to_float(self.pixels)
 
 
 # --- small tensor <-> Pillow helpers -------------------------------------------------------------
@@ -78,13 +85,13 @@ class LoadedImage:
 def to_tensor(image: Image.Image) -> Tensor:
     """(1, 3, H, W) float32 in [0, 1] from any Pillow image (16-bit grayscale keeps its precision)."""
     if image.mode.startswith("I"):
-        return _hwc_to_tensor(gray16_planes(image), 16)
-    return _hwc_to_tensor(np.asarray(image.convert("RGB")), 8)
+        return to_float(pixels_tensor(gray16_planes(image)))
+    return to_float(pixels_tensor(_pil_array(image, "RGB")))
 
 
 def to_pil(rgb: Tensor) -> Image.Image:
     """An 8-bit RGB Pillow image from a (1, 3, H, W) or (3, H, W) tensor in [0, 1]."""
-    return Image.fromarray(_quantize(_tensor_to_hwc(rgb), 8))
+    return Image.fromarray(quantize(hwc(rgb.float()), 8))
 
 
 def save_rgb(path: Path, rgb: Tensor, quality: int = 95) -> None:
@@ -124,12 +131,10 @@ def load_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> LoadedImage:
         except _DECODE_ERRORS as exc:
             raise MsdnError(f"{path}: cannot decode the image, it may be truncated or corrupt "
                             f"({first_line(exc)})") from None
-    planes = orient(planes, turn)
-    rgb = planes[..., :3]
-    alpha = planes[..., 3:] if planes.shape[-1] == 4 else None
+    pixels = pixels_tensor(orient(planes, turn))  # a view: 3 (RGB) or 4 (alpha) levels a pixel
     return LoadedImage(
-        rgb=_hwc_to_tensor(rgb, bit_depth),
-        alpha=None if alpha is None else _hwc_to_tensor(alpha, bit_depth),
+        pixels=pixels[:, :3],
+        alpha=pixels[:, 3:] if pixels.shape[1] == 4 else None,
         bit_depth=bit_depth,
         mode=mode,
         icc_profile=icc,
@@ -217,16 +222,31 @@ def _decode_pil(im: Image.Image, icc: bytes | None) -> tuple[np.ndarray, int, by
     if mode == "F":
         raise MsdnError("floating-point images are not supported; convert it to 8- or 16-bit first")
     if mode == "CMYK":
-        return np.asarray(_cmyk_to_rgb(im, icc)), 8, None  # the CMYK profile no longer applies
+        return _pil_array(_cmyk_to_rgb(im, icc), "RGB"), 8, None  # the CMYK profile no longer applies
     if mode in ("1", "L"):
-        gray = np.asarray(im.convert("L"))
+        gray = _pil_array(im, "L")
         return np.repeat(gray[..., None], 3, axis=2), 8, icc
     if mode in ("LA", "La"):
-        la = np.asarray(im.convert("LA"))
+        la = _pil_array(im, "LA")
         return np.concatenate([np.repeat(la[..., :1], 3, axis=2), la[..., 1:]], axis=2), 8, icc
     has_alpha = mode in ("RGBA", "RGBa", "PA") or (mode == "P" and "transparency" in im.info)
-    target = "RGBA" if has_alpha else "RGB"
-    return np.asarray(im.convert(target)), 8, icc
+    return _pil_array(im, "RGBA" if has_alpha else "RGB"), 8, icc
+
+
+def _pil_array(im: Image.Image, mode: str) -> np.ndarray:
+    """One writable (H, W) or (H, W, C) uint8 array of `im` in `mode`, converted a strip at a time:
+    `np.asarray(im.convert(mode))` would hold two more copies of the photo beside Pillow's own (an
+    RGB JPEG peaked at 11 bytes a pixel instead of 7), and its array could not be written to."""
+    width, height = im.size
+    out: np.ndarray | None = None
+    for top in range(0, height, STRIP):
+        strip = im.crop((0, top, width, min(top + STRIP, height)))  # pointwise conversions: strips are exact
+        rows = np.asarray(strip if strip.mode == mode else strip.convert(mode))
+        if out is None:
+            out = np.empty((height, *rows.shape[1:]), rows.dtype)
+        out[top : top + rows.shape[0]] = rows
+    assert out is not None
+    return out
 
 
 def _cmyk_to_rgb(im: Image.Image, icc: bytes | None) -> Image.Image:
@@ -257,44 +277,59 @@ def known_outputs() -> str:
     return ", ".join(sorted(OUTPUT_FORMATS))
 
 
+def output_encoding(loaded: LoadedImage, path: Path) -> Encoding:
+    """How the network's RGB becomes `path`'s planes in the shape of `loaded`: its bit depth where the
+    format holds it (JPEG, WebP, HEIC, AVIF and BMP have 8 bits), gray stays gray, alpha is kept, or in
+    a JPEG composited on white where anything is transparent."""
+    fmt = output_format(path)
+    bits = 16 if loaded.bit_depth == 16 and fmt in ("PNG", "TIFF") else 8
+    alpha = loaded.alpha
+    composite = fmt == "JPEG" and alpha is not None and int(hwc(alpha).min()) < 2**loaded.bit_depth - 1
+    if fmt == "JPEG" and not composite:
+        alpha = None  # opaque: nothing to composite, and JPEG holds no alpha
+    return Encoding(bits, gray=loaded.is_gray, alpha=alpha, composite=composite)
+
+
 def save_image(path: Path, loaded: LoadedImage, rgb: Tensor, quality: int = 95, replace: bool = True) -> list[str]:
-    """Write `rgb` in the shape of `loaded`: same bit depth, grayscale-ness, alpha, ICC and EXIF where
-    the format allows (JPEG has no alpha; JPEG, WebP, HEIC, AVIF and BMP have no 16 bits; BMP has no metadata).
+    """Write `rgb` ((1, 3, H, W) float in [0, 1], or levels of `loaded.pixels`' dtype) in the shape of
+    `loaded`: bit depth, grayscale-ness, alpha, ICC and EXIF as far as the format allows (`output_encoding`;
+    BMP has no metadata).
 
     Returns notes for the user about what the format could not keep (e.g. transparency in a JPEG,
     which is composited on white as a viewer would show it).
     """
     path = Path(path)
+    encoding = output_encoding(loaded, path)
+    check_output_dir(path)
+    if rgb.shape[-2:] != loaded.pixels.shape[-2:]:
+        raise ValueError(f"rgb is {tuple(rgb.shape)}, the loaded image {tuple(loaded.pixels.shape)}")
+    return save_planes(path, loaded, encoding.encode(rgb), quality=quality, replace=replace)
+
+
+def save_planes(path: Path, loaded: LoadedImage, planes: Tensor, quality: int = 95, replace: bool = True) -> list[str]:
+    """Write the (1, C, H, W) integer planes `output_encoding(loaded, path)` makes (what `deblur` returns
+    with its `rows` as `finish`), with `loaded`'s ICC profile and EXIF; notes as `save_image`'s."""
+    path = Path(path)
+    encoding = output_encoding(loaded, path)
     fmt = output_format(path)
     check_output_dir(path)
-    if rgb.shape[-2:] != loaded.rgb.shape[-2:]:
-        raise ValueError(f"rgb is {tuple(rgb.shape)}, the loaded image {tuple(loaded.rgb.shape)}")
-    notes: list[str] = []
-    bits = 16 if loaded.bit_depth == 16 and fmt in ("PNG", "TIFF") else 8
-    color = _tensor_to_hwc(rgb)
-    if loaded.is_gray:
-        color = color @ np.array([0.299, 0.587, 0.114], dtype=np.float32)[:, None]  # Pillow's L weights
-    alpha = None if loaded.alpha is None else _tensor_to_hwc(loaded.alpha)
-    if alpha is not None and fmt == "JPEG":
-        if float(alpha.min()) < 1.0:
-            color = color * alpha + (1.0 - alpha)  # what a viewer shows on a white page
-            notes.append(f"{path.name}: JPEG has no transparency; transparent areas were composited on white "
-                         "(write .png, .webp or .tif to keep them)")
-        alpha = None
-    planes = _quantize(color if alpha is None else np.concatenate([color, alpha], axis=2), bits)
-    icc, exif = loaded.icc_profile, loaded.exif
-    if fmt == "BMP":
-        icc = exif = None
-
-    if bits == 16 and planes.shape[2] > 1:  # Pillow cannot hold 16-bit RGB(A) or gray + alpha
-        data = png16(planes, icc, exif) if fmt == "PNG" else tiff16(planes, icc)
+    expected = (1, encoding.channels, *loaded.pixels.shape[-2:])
+    if tuple(planes.shape) != expected or planes.dtype != PIXEL_DTYPES[encoding.bits]:
+        raise ValueError(f"planes are {tuple(planes.shape)} {planes.dtype}, {path.name} needs {expected} "
+                         f"{PIXEL_DTYPES[encoding.bits]}")
+    notes = [f"{path.name}: JPEG has no transparency; transparent areas were composited on white "
+             "(write .png, .webp or .tif to keep them)"] if encoding.composite else []
+    array = hwc(planes)  # (H, W, C): contiguous when `planes` came from `planes.new_planes`
+    icc, exif = (None, None) if fmt == "BMP" else (loaded.icc_profile, loaded.exif)
+    if encoding.bits == 16 and array.shape[2] > 1:  # Pillow cannot hold 16-bit RGB(A) or gray + alpha
+        data = png16(array, icc, exif) if fmt == "PNG" else tiff16(array, icc)
         # Pillow cannot open a 16-bit gray + alpha TIFF
-        _write(path, data, fmt, loaded.size, replace, pillow_reads=fmt == "PNG" or planes.shape[2] > 2)
+        _write(path, data, fmt, loaded.size, replace, pillow_reads=fmt == "PNG" or array.shape[2] > 2)
         return notes
-    if bits == 16:  # 16-bit grayscale: Pillow's I;16
-        image = Image.fromarray(planes[..., 0].astype("<u2"))  # uint16 -> I;16
+    if encoding.bits == 16:  # 16-bit grayscale: Pillow's I;16
+        image = Image.fromarray(array[..., 0].astype("<u2"))  # uint16 -> I;16
     else:
-        image = Image.fromarray(planes if planes.shape[2] > 1 else planes[..., 0])  # uint8 -> L, LA, RGB, RGBA
+        image = Image.fromarray(array if array.shape[2] > 1 else array[..., 0])  # uint8 -> L, LA, RGB, RGBA
     _save_pil(path, image, fmt, quality=quality, icc_profile=icc, exif=exif, replace=replace)
     return notes
 
@@ -361,40 +396,3 @@ def _save_pil(path: Path, image: Image.Image, fmt: str, *, quality: int, icc_pro
     except OSError as exc:  # an encoder error
         raise write_error(path, exc) from None
     _write(path, buffer.getbuffer(), fmt, image.size, replace)
-
-
-# --- array helpers -------------------------------------------------------------------------------
-
-
-# Conversions run in row strips: a 48 MP photo is 576 MB per float32 copy, so full-size
-# temporaries would set the peak memory of the whole run.
-_STRIP = 256
-
-
-def _quantize(planes: np.ndarray, bits: int) -> np.ndarray:
-    """Float [0, 1] (H, W, C) planes -> unsigned integers of `bits`, rounding half to even."""
-    top = 2**bits - 1
-    out = np.empty(planes.shape, np.uint8 if bits == 8 else np.uint16)
-    for r in range(0, planes.shape[0], _STRIP):
-        strip = np.multiply(planes[r : r + _STRIP], np.float32(top), dtype=np.float32)
-        np.rint(strip, out=strip)
-        out[r : r + _STRIP] = np.clip(strip, 0, top, out=strip)
-    return out
-
-
-def _hwc_to_tensor(planes: np.ndarray, bits: int) -> Tensor:
-    """(H, W, C) unsigned integer planes of `bits` -> (1, C, H, W) float32 in [0, 1]."""
-    h, w, c = planes.shape
-    out = torch.empty((1, c, h, w), dtype=torch.float32)
-    for r in range(0, h, _STRIP):
-        out[0, :, r : r + _STRIP] = torch.from_numpy(planes[r : r + _STRIP].astype(np.float32)).permute(2, 0, 1)
-    return out.div_(2**bits - 1)
-
-
-def _tensor_to_hwc(t: Tensor) -> np.ndarray:
-    t = t.detach().to("cpu", torch.float32)
-    if t.dim() == 4:
-        if t.shape[0] != 1:
-            raise ValueError(f"expected one image, got a batch of {t.shape[0]}")
-        t = t[0]
-    return t.permute(1, 2, 0).numpy()

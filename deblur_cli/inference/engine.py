@@ -1,9 +1,12 @@
 """Run a generator over a photo of any size in overlapping tiles, with memory bounded by the tile batch.
 
-The image stays on the CPU; tiles are gathered (reflect padding by index arithmetic, see
-`deblur_cli.inference.tiling`), sent to the model's device a batch at a time, weighted by separable blend
-windows and added straight into the output. Peak memory is therefore the input and output images
-plus one batch of tiles and the model's activations for it, whatever the photo's size.
+The image stays on the CPU, as float or as the photo's own integer levels; tiles are gathered (reflect
+padding by index arithmetic, see `deblur_cli.inference.tiling`) and made float as they are cut, sent to
+the model's device a batch at a time, weighted by separable blend windows and added into a float band
+of rows about one tile high. Tiles run row-major, so when a tile row is done the rows above the next
+one are final and leave the band through `finish` (for a photo: straight to the file's integer planes).
+Peak memory is therefore the input and output images in their own dtype (6 bytes a pixel for 8-bit
+RGB), a band that grows with the photo's width, one batch of tiles and the model's activations for it.
 
 Mixed precision: `amp="bf16"|"fp16"` on CUDA; on a CPU bf16 only (oneDNN autocast), which is ~2x
 faster than float32 where the CPU has native bf16 (AMX / AVX512-BF16) and ~10x slower where it is
@@ -26,6 +29,7 @@ import torch
 from torch import Tensor
 
 from deblur_cli.errors import MsdnError
+from deblur_cli.imaging.planes import Encoding, bit_depth, new_planes, to_float
 from deblur_cli.nets.model import MSDN, fuse_for_inference
 from deblur_cli.inference.tiling import DEFAULT_OVERLAP, DEFAULT_TILE, AxisTile, axis_windows, plan_image, source_indices
 
@@ -156,6 +160,9 @@ def threads_label(count: int) -> str:
     return f"{count} thread" + ("" if count == 1 else "s")
 
 
+Finish = Callable[[Tensor, int], Tensor]  # (finished float rows, index of the first) -> the output's rows
+
+
 def deblur(
     model: Network,
     image: Tensor,
@@ -166,8 +173,17 @@ def deblur(
     amp: str | None = None,
     progress: Callable[[int, int], None] | None = None,
     multiple: int | None = None,
+    finish: Finish | None = None,
 ) -> Tensor:
-    """Deblur a (1, 3, H, W) float [0, 1] CPU image tile by tile; returns (1, 3, H, W) float32 on CPU.
+    """Deblur a (1, 3, H, W) CPU image tile by tile; float in, float32 out; integer in, the same integer out.
+
+    `image` is float in [0, 1], or integer levels (torch.uint8, or torch.uint16 for 16-bit photos)
+    whose tiles become float as they are cut, so the photo never exists as a float array. Tiles run
+    row by row and are blended into a float band of rows; once a tile row is done the rows above the
+    next one are final and leave the band through `finish(rows, first_row)`: (1, 3, h, W) float32
+    clamped to [0, 1] in, the output's rows out (any channel count and dtype, e.g.
+    `planes.Encoding.rows`). By default that is the rows themselves for a float image, and for an
+    integer one levels of its dtype, rounded as `images.save_image` rounds.
 
     `progress(done_tiles, total_tiles)` is called once before the first batch and after each.
     `multiple`: the model's size requirement, so tiles are cut to sizes it needs no padding for;
@@ -177,27 +193,81 @@ def deblur(
         raise MsdnError(f"batch size must be at least 1, got {batch_size}")
     if image.ndim != 4 or image.shape[0] != 1:
         raise ValueError(f"expected a (1, C, H, W) image, got shape {tuple(image.shape)}")
-    rows, cols = plan_image(*image.shape[-2:], tile, overlap, _multiple(model, multiple))  # checks tile/overlap once
+    height, width = image.shape[-2:]
+    rows, cols = plan_image(height, width, tile, overlap, _multiple(model, multiple))  # checks tile/overlap once
+    image = image.detach().to("cpu", torch.float32) if image.is_floating_point() else image.detach().cpu()
+    finish = finish or _default_finish(image.dtype)
     forward = forward_for(model, amp)
     device = forward.device
 
-    image = image.detach().to("cpu", torch.float32)
     row_weights = [w.to(device, torch.float32) for w in axis_windows(rows)]
     col_weights = [w.to(device, torch.float32) for w in axis_windows(cols)]
     grid = [(r, c) for r in range(len(rows)) for c in range(len(cols))]
-    output = torch.zeros_like(image)
+    band = _Band(image.shape[1], width)
+    output: Tensor | None = None
 
     total = len(grid)
     if progress is not None:
         progress(0, total)
     with torch.inference_mode():
         for done, batch in _batches(grid, batch_size):
-            result = forward.run(torch.cat([_gather(image, rows[r], cols[c]) for r, c in batch]))
+            tiles = torch.cat([_gather(image, rows[r], cols[c]) for r, c in batch])
+            result = forward.run(tiles if tiles.is_floating_point() else to_float(tiles))
             for k, (r, c) in enumerate(batch):
-                _accumulate(output, result[k], rows[r], cols[c], row_weights[r], col_weights[c])
+                band.add(result[k], rows[r], cols[c], row_weights[r], col_weights[c])
+                if c == len(cols) - 1:  # a tile row is complete: the rows above the next one are final
+                    first = band.first
+                    finished = finish(band.take(rows[r + 1].keep[0] if r + 1 < len(rows) else height), first)
+                    output = _new_output(finished, height) if output is None else output
+                    output[:, :, first : first + finished.shape[2]] = finished
             if progress is not None:
                 progress(done, total)
-    return output.clamp_(0.0, 1.0)
+    assert output is not None
+    return output
+
+
+def _default_finish(dtype: torch.dtype) -> Finish:
+    """Float rows as they are; for integer pixels, the same dtype's levels (a ValueError for others)."""
+    if dtype.is_floating_point:
+        return lambda rows, first: rows
+    return Encoding(bit_depth(dtype)).rows
+
+
+def _new_output(rows: Tensor, height: int) -> Tensor:
+    """The output, made outside inference mode so callers may change it in place (as before)."""
+    with torch.inference_mode(False):
+        return new_planes(rows, height)
+
+
+class _Band:
+    """The float rows that tiles are still being blended into: image rows [first, first + len).
+
+    Tiles arrive row-major, so a band of about one tile's height, the photo's width, is all that
+    is ever float; additions happen in the same order as into a whole-image buffer, so the sums
+    are bit for bit those of the untiled-output path.
+    """
+
+    def __init__(self, channels: int, width: int) -> None:
+        self.first = 0
+        self.rows = torch.zeros((1, channels, 0, width), dtype=torch.float32)
+
+    def add(self, result: Tensor, row: AxisTile, col: AxisTile, wr: Tensor, wc: Tensor) -> None:
+        """Add one tile's (C, th, tw) result, cropped to where its weight is non-zero."""
+        (r0, r1), (c0, c1) = row.keep, col.keep
+        if r1 > self.first + self.rows.shape[2]:  # a new tile row reaches further down: grow, keeping the sums
+            grown = self.rows.new_zeros((*self.rows.shape[:2], r1 - self.first, self.rows.shape[3]))
+            grown[:, :, : self.rows.shape[2]] = self.rows
+            self.rows = grown
+        crop = result[:, r0 - row.start : r1 - row.start, c0 - col.start : c1 - col.start]
+        weighted = crop * (wr[:, None] * wc[None, :])
+        self.rows[0, :, r0 - self.first : r1 - self.first, c0:c1] += weighted.to(self.rows.device)
+
+    def take(self, stop: int) -> Tensor:
+        """Rows [first, stop), which no later tile touches: clamped to [0, 1] and dropped from the band."""
+        done = self.rows[:, :, : stop - self.first].clamp_(0.0, 1.0)
+        self.rows = self.rows[:, :, stop - self.first :]
+        self.first = stop
+        return done
 
 
 def _multiple(model: Network, multiple: int | None) -> int:
@@ -257,11 +327,3 @@ def _gather(image: Tensor, row: AxisTile, col: AxisTile) -> Tensor:
     if 0 <= col.start and col.stop <= width:
         return out[:, :, :, col.start : col.stop]
     return out.index_select(3, source_indices(col, width))
-
-
-def _accumulate(output: Tensor, result: Tensor, row: AxisTile, col: AxisTile, wr: Tensor, wc: Tensor) -> None:
-    """Add one tile's (C, th, tw) result, cropped to where its weight is non-zero, into `output`."""
-    (r0, r1), (c0, c1) = row.keep, col.keep
-    crop = result[:, r0 - row.start : r1 - row.start, c0 - col.start : c1 - col.start]
-    weighted = crop * (wr[:, None] * wc[None, :])
-    output[0, :, r0:r1, c0:c1] += weighted.to(output.device)

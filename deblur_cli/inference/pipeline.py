@@ -23,7 +23,7 @@ from deblur_cli.imaging import heif
 from deblur_cli.errors import MsdnError
 from deblur_cli.files import remove_stale_temps
 from deblur_cli.imaging.images import (DEFAULT_MAX_PIXELS, OUTPUT_FORMATS, READ_EXTENSIONS, check_output_dir, known_outputs,
-                               load_image, output_format, save_image)
+                               load_image, output_encoding, output_format, save_planes)
 from deblur_cli.inference.engine import AMP_CHOICES, AMP_MODES, Network, deblur
 from deblur_cli.inference.tiling import DEFAULT_OVERLAP, DEFAULT_TILE, validate_tiling
 
@@ -104,9 +104,12 @@ def deblur_file(model: Network, source: Path, target: Path, settings: DeblurSett
     never replaced (the placement itself refuses)."""
     try:
         loaded = load_image(source, max_pixels=settings.max_pixels)
-        restored = deblur(model, loaded.rgb, tile=settings.tile, overlap=settings.overlap,
-                          batch_size=settings.batch_size, amp=settings.amp, progress=progress)
-        notes = save_image(target, loaded, restored, quality=settings.quality, replace=replace)
+        # the photo stays in its integer levels and each finished band becomes the file's planes at once,
+        # so no float copy of the whole photo is ever made (memory grows with its width, not its area)
+        planes = deblur(model, loaded.pixels, tile=settings.tile, overlap=settings.overlap,
+                        batch_size=settings.batch_size, amp=settings.amp, progress=progress,
+                        finish=output_encoding(loaded, target).rows)
+        notes = save_planes(target, loaded, planes, quality=settings.quality, replace=replace)
     except MemoryError:
         raise MsdnError(f"{source}: not enough memory for this image; lower --max-pixels to refuse such sizes, "
                         "or free memory") from None
@@ -320,32 +323,53 @@ def deblur_directory(model: Network, jobs: list[Job], settings: DeblurSettings =
     for index, job in enumerate(jobs):
         if on_file is not None:
             on_file(index, job)
-        if job.exists:
-            report.skipped.append(job.source)
-            continue
-        if job.clash is not None:
-            report.failed.append((job.source, f"same output {job.target.name} as {job.clash}; use --format "
-                                              "only when names differ by more than the extension"))
+        if settle_without_work(job, report):
             continue
         try:
-            try:
-                job.target.parent.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise MsdnError(f"cannot create {job.target.parent}: {exc.strerror or exc}") from None
-            result = deblur_file(model, job.source, job.target, settings, progress=progress, replace=job.replace)
+            result = run_job(model, job, settings, progress=progress)
         except MsdnError as exc:
             report.failed.append((job.source, str(exc)))
             continue
-        report.processed.append(job.source)
-        report.written.append(job.target)
-        if on_written is not None:
-            on_written(job)
-        report.notes += [(job.source, note) for note in result.notes]
-        if job.record is not None:
-            try:
-                record_output(job.record.parent, job.target)
-            except MsdnError as exc:  # an unrecorded output is only protected more: --overwrite keeps it
-                report.notes.append((job.source, str(exc)))
-            except OSError:
-                pass
+        settle_written(job, report, result.notes, on_written)
     return report
+
+
+def settle_without_work(job: Job, report: BatchReport) -> bool:
+    """Count a job that needs no deblurring (its output exists, or an earlier input claims it) and say so;
+    shared with the Ray runner so both count and word these the same."""
+    if job.exists:
+        report.skipped.append(job.source)
+        return True
+    if job.clash is not None:
+        report.failed.append((job.source, f"same output {job.target.name} as {job.clash}; use --format "
+                                          "only when names differ by more than the extension"))
+        return True
+    return False
+
+
+def run_job(model: Network, job: Job, settings: DeblurSettings = DeblurSettings(),
+            progress: Progress | None = None) -> FileResult:
+    """One planned photo's work (output folder, load, deblur, atomic save): the unit a Ray worker runs."""
+    try:
+        job.target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise MsdnError(f"cannot create {job.target.parent}: {exc.strerror or exc}") from None
+    return deblur_file(model, job.source, job.target, settings, progress=progress, replace=job.replace)
+
+
+def settle_written(job: Job, report: BatchReport, notes: Iterable[str] = (),
+                   on_written: Callable[[Job], None] | None = None) -> None:
+    """Count a job whose output is complete on disk and record it; run where the record is written (the
+    local loop, or the Ray driver as each result streams back), never on a worker."""
+    report.processed.append(job.source)
+    report.written.append(job.target)
+    if on_written is not None:
+        on_written(job)
+    report.notes += [(job.source, note) for note in notes]
+    if job.record is not None:
+        try:
+            record_output(job.record.parent, job.target)
+        except MsdnError as exc:  # an unrecorded output is only protected more: --overwrite keeps it
+            report.notes.append((job.source, str(exc)))
+        except OSError:
+            pass
