@@ -138,3 +138,37 @@ def test_output_folder_above_the_input_folder(tmp_path: Path) -> None:
     # recursively, photos/photos/a.png would go to photos/a.png, an input: refused before any work
     with pytest.raises(MsdnError, match="would replace an input image"):
         plan_directory(root, tmp_path, recursive=True, overwrite=True)
+
+
+def _shifting_net() -> torch.nn.Module:
+    """A fixed 3x3 convolution that mixes the channels, so gray photos come out coloured and need the mix."""
+    torch.manual_seed(3)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 3, 3, padding=1), torch.nn.Sigmoid())
+    return net.eval()
+
+
+@pytest.mark.parametrize("mode, bits, ext", [("RGB", 8, ".png"), ("L", 8, ".jpg"), ("LA", 8, ".png"),
+                                             ("RGBA", 8, ".jpg"), ("RGB", 16, ".png"), ("RGB", 16, ".jpg"),
+                                             ("LA", 16, ".png"), ("L", 16, ".tif")])
+def test_banded_output_is_the_whole_float_image_saved(tmp_path: Path, mode: str, bits: int, ext: str) -> None:
+    """deblur_file never holds the photo as float, yet writes the bytes the whole-float path writes: the
+    colour math (gray mix, alpha, JPEG's white backdrop, rounding) runs band by band, per pixel."""
+    from deblur_cli.imaging.codec16 import png16
+    from deblur_cli.imaging.images import load_image, save_image
+    from deblur_cli.inference.engine import deblur
+    from deblur_cli.inference.pipeline import deblur_file
+
+    rng = np.random.default_rng(bits)
+    h, w, channels = 150, 70, len(mode)
+    pixels = rng.integers(0, 2**bits, (h, w, channels), dtype=np.uint16 if bits == 16 else np.uint8)
+    src = tmp_path / "in.png"
+    if bits == 16 and channels > 1:
+        src.write_bytes(png16(pixels, None, None))  # 16-bit RGB or gray + alpha: beyond Pillow
+    else:
+        Image.fromarray(pixels[..., 0] if channels == 1 else pixels).save(src)
+    settings = DeblurSettings(tile=48, overlap=16, batch_size=3, amp=None)
+    deblur_file(_shifting_net(), src, tmp_path / f"banded{ext}", settings)
+    loaded = load_image(src)
+    whole = deblur(_shifting_net(), loaded.rgb, tile=48, overlap=16, batch_size=3)
+    save_image(tmp_path / f"whole{ext}", loaded, whole)
+    assert (tmp_path / f"banded{ext}").read_bytes() == (tmp_path / f"whole{ext}").read_bytes()

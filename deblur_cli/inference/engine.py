@@ -243,8 +243,8 @@ class _Band:
     """The float rows that tiles are still being blended into: image rows [first, first + len).
 
     Tiles arrive row-major, so a band of about one tile's height, the photo's width, is all that
-    is ever float; additions happen in the same order as into a whole-image buffer, so the sums
-    are bit for bit those of the untiled-output path.
+    is ever float; each pixel's additions happen in the same order as into a whole-image buffer,
+    so its sum is bit for bit the one that buffer would hold.
     """
 
     def __init__(self, channels: int, width: int) -> None:
