@@ -37,7 +37,7 @@ from torch import Tensor, nn
 
 from deblur_cli.inference import ircache
 from deblur_cli.errors import MsdnError, first_line
-from deblur_cli.inference.engine import Forward, threads_label
+from deblur_cli.inference.engine import Forward, autocast, threads_label
 from deblur_cli.nets.model import PyramidPooling, pad_to_multiple
 
 INSTALL_HINT = "pip install 'msdn-deblur[openvino]'"
@@ -85,11 +85,8 @@ def precision_for(amp: str | None) -> str:
         return "f32"
     if amp == "auto":
         return "bf16" if cpu_has_native_bf16() else "f32"
-    if amp == "bf16":
-        return "bf16"
-    if amp == "fp16":
-        raise MsdnError("mixed precision (fp16) needs a CUDA device; on cpu use bf16 or none (float32)")
-    raise MsdnError(f"unknown mixed precision {amp!r}; use bf16 or fp16")
+    autocast(amp, torch.device("cpu"))  # torch's own refusals on a CPU (fp16, unknown names), one place
+    return "bf16"
 
 
 # --- conversion ----------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ from typing import Any
 
 import ray
 
-from deblur_cli.errors import MsdnError
+from deblur_cli.errors import MsdnError, first_line
 from deblur_cli.files import remove_stale_temps
 from deblur_cli.inference.pipeline import (BatchReport, DeblurSettings, Job, Progress, run_job, settle_without_work,
                                            settle_written)
@@ -157,9 +157,7 @@ def worker_count(options: ClusterOptions, resources: dict[str, float]) -> int:
 
 def _first_line(exc: BaseException) -> str:
     """The line worth showing of an error from Ray: a task error's own cause, not its traceback."""
-    cause = getattr(exc, "cause", None)
-    text = str(cause if cause is not None else exc).strip()
-    return (text.splitlines() or [type(exc).__name__])[0][:300]
+    return first_line(getattr(exc, "cause", None) or exc)[:300]
 
 
 @dataclass
