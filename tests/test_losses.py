@@ -63,6 +63,23 @@ def test_pixel_and_frequency_losses() -> None:
     assert L.fft_l1_loss(blurred, a) > L.fft_l1_loss(a * 0.99, a)
 
 
+def test_gradient_loss_is_the_mean_absolute_difference_of_numpys_central_gradients() -> None:
+    import numpy as np
+
+    g = torch.Generator().manual_seed(0)
+    target = torch.rand(2, 3, 20, 24, generator=g)
+    change = torch.zeros_like(target)
+    change[..., 2:-2, 2:-2] = torch.rand(2, 3, 16, 20, generator=g) - 0.5  # zero border: no padding question
+    dy, dx = np.gradient(change.double().numpy(), axis=(2, 3))  # central differences, as kornia's "diff"
+    expected = (np.abs(dx).mean() + np.abs(dy).mean()) / 2
+    assert L.gradient_l1_loss(target + change, target).item() == pytest.approx(expected, rel=1e-4)
+    # a smoothed prediction costs more than a slightly darker one of the same pixel error
+    blurred = F.avg_pool2d(target, 3, 1, 1, count_include_pad=False)
+    darker = target - (blurred - target).abs().mean()
+    assert L.l1_loss(darker, target).item() == pytest.approx(L.l1_loss(blurred, target).item(), rel=1e-4)
+    assert L.gradient_l1_loss(blurred, target) > 10 * L.gradient_l1_loss(darker, target)
+
+
 def test_psnr_loss_is_minus_the_mean_per_image_psnr_of_scikit_image() -> None:
     from skimage.metrics import peak_signal_noise_ratio
 

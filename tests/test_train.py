@@ -201,6 +201,17 @@ def test_perceptual_step(photos: Path, tmp_path: Path) -> None:
     assert step["loss_g"] == pytest.approx(100 * step["content"] + step["adv"] + 0.1 * step["fft"], rel=1e-4)
 
 
+def test_gradient_term_adds_to_the_generator_loss(photos: Path, tmp_path: Path) -> None:
+    rec = Recorder()
+    T.train(tiny_config(photos, tmp_path / "run", adv_weight=0.0, fft_weight=0.0, grad_weight=0.5, steps=1), TINY,
+            callback=rec)
+    step = rec.steps()[1]
+    assert step["grad"] > 0 and "fft" not in step
+    assert step["loss_g"] == pytest.approx(step["content"] + 0.5 * step["grad"], rel=1e-4)
+    with pytest.raises(MsdnError, match="^grad-weight must be a weight of 0 or more, got -1$"):
+        tiny_config(photos, tmp_path / "run", grad_weight=-1.0)
+
+
 def test_cli_train_and_errors(photos: Path, tmp_path: Path) -> None:
     runner = CliRunner()
     run = tmp_path / "run"

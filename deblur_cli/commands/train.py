@@ -54,6 +54,7 @@ _TABLE: list[tuple[str, type, str]] = [
     ("content_loss", str, "perceptual (VGG-19 conv5_4), l1, charbonnier or psnr (per-image log MSE)."),
     ("content_weight", float, "Weight of the content loss."),
     ("fft_weight", float, "Weight of a frequency-domain L1 term."),
+    ("grad_weight", float, "Weight of an L1 term on image gradients (default: 0)."),
     ("deep_supervision", float, "With --scales > 1: weight of the content loss of each coarser pass's output "
                                 "against the sharp image at its scale (default: 0)."),
     ("adv_weight", float, "Weight of the WGAN loss; 0 disables the critic."),

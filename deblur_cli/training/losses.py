@@ -8,7 +8,8 @@
 - Content: MSE between VGG-19 conv5_4 features (pre-activation, see vgg.py), weight 100 in train.py;
   L1, Charbonnier or PSNR (per-image log MSE) on pixels for PSNR-oriented training without VGG
   weights; an optional L1
-  on the 2-D spectrum, which punishes the missing high frequencies that pixel losses forgive.
+  on the 2-D spectrum, which punishes the missing high frequencies that pixel losses forgive, and an
+  optional L1 on the image gradients, which punishes a smoothed edge or texture in place.
 """
 
 from __future__ import annotations
@@ -121,3 +122,11 @@ def fft_l1_loss(pred: Tensor, target: Tensor) -> Tensor:
     """L1 between the real and imaginary parts of the 2-D spectra (MIMO-UNet's frequency loss)."""
     diff = torch.fft.rfft2(pred.float()) - torch.fft.rfft2(target.float())
     return torch.view_as_real(diff).abs().mean()
+
+
+def gradient_l1_loss(pred: Tensor, target: Tensor) -> Tensor:
+    """L1 between forward-difference gradients (kornia's): a smoothed output's edges cost here where
+    a pixel loss, averaged over the flat areas, barely notices them."""
+    from kornia.filters import spatial_gradient  # kornia is a training extra
+
+    return (spatial_gradient(pred.float(), mode="diff") - spatial_gradient(target.float(), mode="diff")).abs().mean()

@@ -21,8 +21,9 @@ CONTENT_LOSSES = ("perceptual", "l1", "charbonnier", "psnr")
 SCHEDULES = ("paper", "cosine")
 # The paper's recipe (DeblurGAN's training): `--recipe paper` sets these over the CPU defaults.
 PAPER_RECIPE: dict[str, Any] = {
-    "content_loss": "perceptual", "content_weight": 100.0, "fft_weight": 0.0, "adv_weight": 1.0, "lr": 1e-4,
-    "betas": (0.5, 0.999), "schedule": "paper", "crop": 256, "ema_decay": 0.0, "warmup_steps": 0,
+    "content_loss": "perceptual", "content_weight": 100.0, "fft_weight": 0.0, "grad_weight": 0.0,
+    "adv_weight": 1.0, "lr": 1e-4, "betas": (0.5, 0.999), "schedule": "paper", "crop": 256, "ema_decay": 0.0,
+    "warmup_steps": 0,
 }
 # The generator each recipe trains (MSDNConfig fields over its defaults). The paper's dropout 0.2
 # (Tiramisu's, from classification) slowed learning threefold on CPU budgets (docs/TRAINING.md
@@ -62,6 +63,7 @@ class TrainConfig:
     content_loss: str = "charbonnier"
     content_weight: float = 1.0
     fft_weight: float = 0.1
+    grad_weight: float = 0.0  # L1 on image gradients (texture: against the smoothing of pixel losses)
     deep_supervision: float = 0.0  # scales > 1: weight of the content loss of every coarser pass's output
     critic_channels: int = 64
     blur_strength: tuple[float, float] = (2.0, 60.0)  # path length in pixels
@@ -134,8 +136,9 @@ class TrainConfig:
             problems.append("val-every must be at least 1")
         if self.max_minutes is not None and not 0 < self.max_minutes < math.inf:  # NaN fails both
             problems.append(f"max-minutes must be a positive number of minutes, got {self.max_minutes:g}")
-        if not 0 <= self.deep_supervision < math.inf:
-            problems.append(f"deep-supervision must be a weight of 0 or more, got {self.deep_supervision:g}")
+        for name in ("deep_supervision", "fft_weight", "grad_weight"):
+            if not 0 <= getattr(self, name) < math.inf:
+                problems.append(f"{name.replace('_', '-')} must be a weight of 0 or more, got {getattr(self, name):g}")
         if self.workers < 0 or self.render_workers < 0:
             problems.append("workers cannot be negative")
         if not (0 < self.lr < math.inf and 0 <= self.lr_final < math.inf):  # NaN fails every comparison

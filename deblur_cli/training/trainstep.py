@@ -134,7 +134,7 @@ def critic_updates(nets: Nets, config: TrainConfig, amp: str | None, fake: Tenso
 
 def generator_update(nets: Nets, config: TrainConfig, amp: str | None, fake: Tensor, sharp: Tensor,
                      content_fn: ContentLoss | None, record: dict[str, Any], coarse: Sequence[Tensor] = ()) -> float:
-    """Content + adversarial + FFT loss (+ the coarser passes' content loss), one optimizer and schedule
+    """Content + adversarial + FFT + gradient loss (+ the coarser passes' content loss), one optimizer and schedule
     step, the EMA; the loss terms go to `record`."""
     device = sharp.device
     nets.opt_g.zero_grad(set_to_none=True)
@@ -159,6 +159,10 @@ def generator_update(nets: Nets, config: TrainConfig, amp: str | None, fake: Ten
         fft = L.fft_l1_loss(fake, sharp)
         loss_g = loss_g + config.fft_weight * fft
         record["fft"] = fft.item()
+    if config.grad_weight > 0:
+        grad = L.gradient_l1_loss(fake, sharp)
+        loss_g = loss_g + config.grad_weight * grad
+        record["grad"] = grad.item()
     nets.scaler_g.scale(loss_g).backward()
     nets.scaler_g.step(nets.opt_g)
     nets.scaler_g.update()
