@@ -14,15 +14,14 @@ so it never draws from the global RNG, and validation draws no random numbers. S
 == train k, kill, resume, train k, bit for bit on CPU (tests/test_train.py).
 
 The settings live in trainconfig.py, the batches in trainingdata.py, validation in validation.py, the
-schedules in schedules.py and the processes' RNG streams in distributed.py; this module is the loop.
+schedules in schedules.py, the processes' RNG streams in distributed.py and the run folder's log and
+best weights in runfiles.py; this module is the loop.
 
 Checkpoints contain only tensors and primitives so they load with `torch.load(weights_only=True)`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import math
 import random
 import time
@@ -48,22 +47,19 @@ from deblur_cli.files import atomic_write_bytes, remove_stale_temps
 from deblur_cli.inference.engine import autocast, resolve_amp, select_device
 from deblur_cli.nets.model import MSDN, MSDNConfig, count_parameters
 from deblur_cli.training.resume import merge, with_absolute_paths
+from deblur_cli.training.runfiles import BEST, METRICS, MetricsLog, export_generator
 from deblur_cli.training.schedules import cosine_factor, ema_decay_at, ema_update, lr_factor
 from deblur_cli.training.trainconfig import PAPER_RECIPE, TrainConfig
 from deblur_cli.training.trainstep import (ContentLoss, Nets, build_nets, content_loss, critic_updates, generator_update,
                                   wrap_for_training)
 from deblur_cli.training.trainingdata import DataSplit, pairs, prepare_data
 from deblur_cli.training.validation import SyntheticValidation, Validation, best_so_far
-from deblur_cli.weights.weightfile import save_weights
 
 # Re-exported: `from deblur_cli.training.train import train, TrainConfig, PAPER_RECIPE` is the training API.
 __all__ = ["BEST", "CHECKPOINT", "METRICS", "PAPER_RECIPE", "DataSplit", "SyntheticValidation", "TrainConfig",
            "TrainResult", "Validation", "cosine_factor", "ema_decay_at", "ema_update", "lr_factor", "prepare_data",
            "rng_state", "set_rng_state", "train"]
 _best_so_far = best_so_far  # the name the tests know
-
-BEST = "best.safetensors"
-METRICS = "metrics.jsonl"
 
 Callback = Callable[[dict[str, Any]], None]
 
@@ -85,49 +81,6 @@ def _select_device(name: str, local_rank: int | None) -> torch.device:
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     return device
-
-
-class _MetricsLog:
-    """JSONL log (rank 0), trimmed on resume to the checkpoint's step; TensorBoard when installed."""
-
-    def __init__(self, run_dir: Path, resume_step: int | None) -> None:
-        self.path = run_dir / METRICS
-        if resume_step is not None and self.path.is_file():
-            keep = [line for line in _records(self.path.read_bytes()) if json.loads(line).get("step", 0) <= resume_step]
-            atomic_write_bytes(self.path, ("\n".join(keep) + "\n" if keep else "").encode())
-        elif self.path.exists():
-            self.path.unlink()
-        self.file = self.path.open("a")
-        self.tb = None
-        with contextlib.suppress(Exception):
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.tb = SummaryWriter(str(run_dir / "tensorboard"))
-
-    def write(self, record: dict[str, Any]) -> None:
-        self.file.write(json.dumps(record) + "\n")
-        self.file.flush()
-        if self.tb is not None:
-            for key, value in record.items():
-                if key not in ("step", "event") and isinstance(value, (int, float)):
-                    self.tb.add_scalar(f"{record['event']}/{key}", value, record["step"])
-
-    def close(self) -> None:
-        self.file.close()
-        if self.tb is not None:
-            self.tb.close()
-
-
-def _records(log: bytes) -> list[str]:
-    """The whole JSON records of a metrics log: a line damaged by a crash or an editor (bad UTF-8, cut
-    JSON) is dropped, not a reason to refuse the resume."""
-    kept = []
-    for raw in log.splitlines():
-        with contextlib.suppress(UnicodeDecodeError, ValueError):
-            line = raw.decode()
-            if isinstance(json.loads(line), dict):
-                kept.append(line)
-    return kept
 
 
 def train(config: TrainConfig | None, model_config: MSDNConfig | None = None, *, resume: Path | None = None,
@@ -210,7 +163,7 @@ class _Run:
     run_dir: Path
     total: int
     val_every: int
-    log: _MetricsLog | None = None
+    log: MetricsLog | None = None
     step: int = 0
     best: float | None = None
     val_pending: bool = False
@@ -308,7 +261,7 @@ def _open_run_dir(run: _Run, resumed: bool) -> None:
     run.run_dir.mkdir(parents=True, exist_ok=True)
     for folder in {run.run_dir, *([Path(run.config.export).parent] if run.config.export else [])}:
         remove_stale_temps(folder)  # left by a run killed mid-write (SIGKILL, power loss)
-    run.log = _MetricsLog(run.run_dir, run.step if resumed else None)
+    run.log = MetricsLog(run.run_dir, run.step if resumed else None)
 
 
 def _record(run: _Run, record: dict[str, Any]) -> None:
@@ -352,7 +305,7 @@ def _validate(run: _Run) -> None:
         scores["seconds"] = run.val_seconds = time.perf_counter() - val_start
         if run.best is None or scores["psnr"] > run.best:
             run.best = scores["psnr"]
-            _export(run.run_dir / BEST, run.nets.shipped, run.model_config, run.step, scores["psnr"])
+            export_generator(run.run_dir / BEST, run.nets.shipped, run.model_config, run.step, scores["psnr"])
         _record(run, {"event": "val", "step": run.step, **scores, "best_psnr": run.best})
     if run.ddp.world > 1:
         run.best = broadcast(run.best)
@@ -415,7 +368,7 @@ def _finish(run: _Run) -> TrainResult:
     exported = None
     if run.ddp.main:
         if not (run.run_dir / BEST).is_file():  # no validation ran: the last generator is the result
-            _export(run.run_dir / BEST, run.nets.shipped, run.model_config, run.step, None)
+            export_generator(run.run_dir / BEST, run.nets.shipped, run.model_config, run.step, None)
         if run.config.export and run.step == run.total and not run.val_pending:  # a --max-minutes slice exports at the end
             exported = Path(run.config.export)
             exported.parent.mkdir(parents=True, exist_ok=True)
@@ -440,16 +393,3 @@ def _restore(checkpoint: Mapping[str, Any], source: Path | None, parts: Mapping[
             set_rng_state(checkpoint["rng"][rank] if isinstance(checkpoint["rng"], list) else checkpoint["rng"])
     except (KeyError, RuntimeError, ValueError, TypeError, IndexError, AttributeError) as exc:
         raise MsdnError(f"{source} is a damaged training checkpoint ({state_error(exc)})") from None
-
-
-def _export(path: Path, generator: MSDN, model_config: MSDNConfig, step: int, val_psnr: float | None) -> None:
-    """The generator as a weight file `msdn deblur --weights` loads, with config.json beside it."""
-    bad = first_non_finite(generator.state_dict())
-    if bad is not None:
-        raise MsdnError(f"training diverged by step {step} ({bad} holds NaN or infinite values); {path} was "
-                        "not written: resume with a lower --lr")
-    metadata = {"step": str(step)}
-    if val_psnr is not None and math.isfinite(val_psnr):
-        metadata["val_psnr"] = f"{val_psnr:.4f}"
-    save_weights(path, generator.state_dict(), model_config, metadata=metadata)
-    atomic_write_bytes(path.with_name("config.json"), config_json(model_config))
