@@ -357,7 +357,9 @@ def test_bad_files_are_skipped_and_counted(tmp_path: Path) -> None:
     result = run("eval", root, "--baseline", "identity", "--json", js)
     assert result.exit_code == 0, result.output
     report = json.loads(js.read_text())
-    assert [r["name"] for r in report["rows"]] == ["good"]
+    # --baseline scores the blurred input beside the default model, not instead of it
+    assert report["models"] == ["identity", "msdn-photos"]
+    assert [(r["model"], r["name"]) for r in report["rows"]] == [("identity", "good"), ("msdn-photos", "good")]
     reasons = {p["path"]: p["reason"] for p in report["problems"]}
     assert "size 56x30 differs from the sharp image's 56x40" in reasons["blur/resized.png"]
     assert reasons["blur/broken.png"].startswith("unreadable:")

@@ -114,6 +114,22 @@ def test_training_batches_mix_the_renderers_and_share_zero_is_unchanged(tmp_path
     assert (mixed[0][2:] - unmixed[0][2:]).abs().mean() > 0.005  # the last half rendered by averaging frames
 
 
+def test_still_share_leaves_inputs_of_both_renderers_sharp(tmp_path) -> None:
+    from PIL import Image
+
+    from deblur_cli.training.data import Sample
+
+    path = tmp_path / "a.png"
+    Image.fromarray(skdata.astronaut()[:220, :220]).save(path)
+    args = (S.PhotoBank([Sample(sharp=path)]), 4, 32, shake.TRAIN_FAMILIES, (2.0, 12.0), NO_EFFECTS, 3, 11)
+    blurred, sharp = S.training_pair(*args, mix=frames.FrameMix(share=0.5, layers=0.0), still=1.0)
+    torch.testing.assert_close(blurred, sharp, atol=1e-4, rtol=0)
+    config = TrainConfig(still_share=0.1)
+    assert TrainConfig.from_json(config.to_json()).still_share == 0.1
+    with pytest.raises(MsdnError, match=r"^still-share must be in \[0, 1\], got 1.5$"):
+        TrainConfig(still_share=1.5)
+
+
 def test_train_config_checks_and_round_trips_the_frame_options() -> None:
     config = TrainConfig(frame_share=0.5, frame_families=("glide",), frame_target="mean")
     assert TrainConfig.from_json(config.to_json()) == config

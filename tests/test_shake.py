@@ -91,6 +91,22 @@ def test_zero_length_without_effects_is_identity(family: str) -> None:
     assert error < 0.5 * (shifted - target).abs().mean()  # a margin-sized shift would show
 
 
+def test_still_share_leaves_that_share_sharp_and_zero_draws_nothing() -> None:
+    plain = shake.path_lengths(4000, (2.0, 60.0), gen(0))
+    assert torch.equal(shake.path_lengths(4000, (2.0, 60.0), gen(0), still=0.0), plain)  # old runs unchanged
+    mixed = shake.path_lengths(4000, (2.0, 60.0), gen(0), still=0.25)
+    assert float((mixed == 0).float().mean()) == pytest.approx(0.25, abs=0.03)
+    assert torch.equal(mixed[mixed > 0], plain[mixed > 0])  # the others keep their lengths
+
+
+@pytest.mark.parametrize("family", shake.FAMILIES)
+def test_still_inputs_are_the_target_itself(family: str) -> None:
+    m = shake.margin_for(20.0)
+    sharp = photo(48 + 2 * m, n=2)
+    blurred, target = shake.blur(sharp, (family,), (12.0, 20.0), gen(12), NO_EFFECTS, still=1.0)
+    torch.testing.assert_close(blurred, target, atol=1e-4, rtol=0)  # only the sRGB round trip
+
+
 def test_uint8_crops_blur_exactly_as_their_float_values() -> None:
     sharp = (photo(96, n=4) * 255).round().to(torch.uint8)
     a = shake.blur(sharp, shake.TRAIN_FAMILIES, (2.0, 30.0), gen(11))

@@ -37,6 +37,7 @@ _TABLE: list[tuple[str, type, str]] = [
     ("frame_target", str, "Sharp reference of the frame renderer: middle (GOPRO's) or mean (default: middle)."),
     ("crop_scales", str, "Cut training crops at a random scale LO,HI (area downsampling) (default: 0.5,1)."),
     ("crop_tries", int, "Keep the most textured of N random windows per training crop (default: 1)."),
+    ("still_share", float, "Share of training inputs left unblurred, so sharp photos are left alone (default: 0)."),
     ("jpeg", float, "Share of blurred inputs JPEG re-compressed (default: 0.3)."),
     ("highlights", float, "Share of images with clipped, boosted highlights (default: 0.25)."),
     ("shot_noise", float, "Max Poisson noise gain (default: 0.0005)."),

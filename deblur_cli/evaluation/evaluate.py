@@ -151,10 +151,11 @@ def load_contenders(models: Sequence[str], weights: Sequence[Path], device: str 
     """The columns of a run: identity baseline first (so gains read left to right), then each model,
     each run by `runtime` (see `inference.choose_runtime`).
 
-    With no model, no weights and no baseline, the default model of the manifest is evaluated.
+    With no model and no weights, the default model of the manifest is evaluated (beside the baseline:
+    `--baseline` asks for the blurred input *also*, so that a gain shows).
     """
     sources: list[tuple[str | None, Path | None]] = [(m, None) for m in models] + [(None, Path(w)) for w in weights]
-    if not sources and not identity:
+    if not sources:
         sources = [(None, None)]
     ready = [ready_model(select_weights(m, w), device, offline=offline, runtime=runtime) for m, w in sources]
     labels = unique_labels(([IDENTITY] if identity else []) + [r.label for r in ready])

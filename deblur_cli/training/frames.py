@@ -200,10 +200,10 @@ def render(scene: Tensor, families: tuple[str, ...], lengths: Tensor, margin: in
 
 def blur(sharp: Tensor, families: tuple[str, ...], lengths: tuple[float, float], g: torch.Generator,
          realism: shake.Realism = shake.Realism(), layers: float = 0.3, gamma: float = 0.5,
-         target: str = "middle") -> tuple[Tensor, Tensor]:
+         target: str = "middle", still: float = 0.0) -> tuple[Tensor, Tensor]:
     """`shake.blur`'s contract (sRGB crops with a margin in, sRGB (blurred, target) out), frames averaged."""
     margin, _, _ = shake.inner_size(sharp, lengths[1])
-    length = shake.path_lengths(sharp.shape[0], lengths, g)
+    length = shake.path_lengths(sharp.shape[0], lengths, g, still)
     scene = shake.expose(sharp, realism, g)
     out, reference = render(scene, families, length, margin, g, layers, gamma, target)
     return shake.finish(out, reference, realism, g)

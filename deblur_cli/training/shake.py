@@ -60,12 +60,18 @@ def uniform(n: int, lo: float, hi: float, g: torch.Generator) -> Tensor:
     return lo + (hi - lo) * torch.rand(n, generator=g)
 
 
-def path_lengths(n: int, lengths: tuple[float, float], g: torch.Generator) -> Tensor:
-    """Half uniform, half log-uniform in [lo, hi] pixels."""
+def path_lengths(n: int, lengths: tuple[float, float], g: torch.Generator, still: float = 0.0) -> Tensor:
+    """Half uniform, half log-uniform in [lo, hi] pixels; a `still` share of 0 (the photo left sharp).
+
+    Without still samples the network only ever sees blur and sharpens whatever it is given, which
+    costs a sharp or nearly sharp photo several dB (docs/TRAINING.md, session 10)."""
     lo, hi = max(lengths[0], 0.5), max(lengths[1], 0.5)
     linear = uniform(n, lo, hi, g)
     log = torch.exp(uniform(n, math.log(lo), math.log(max(hi, lo)), g))
-    return torch.where(torch.rand(n, generator=g) < 0.5, linear, log)
+    length = torch.where(torch.rand(n, generator=g) < 0.5, linear, log)
+    if still > 0:  # drawn only when asked, so runs without it see exactly the batches they always did
+        length = torch.where(torch.rand(n, generator=g) < still, torch.zeros_like(length), length)
+    return length
 
 
 def uneven_time(n: int, t: int, g: torch.Generator) -> Tensor:
@@ -249,15 +255,16 @@ def inner_size(sharp: Tensor, max_length: float) -> tuple[int, int, int]:
 
 
 def blur(sharp: Tensor, families: tuple[str, ...], lengths: tuple[float, float], g: torch.Generator,
-         realism: Realism = Realism()) -> tuple[Tensor, Tensor]:
+         realism: Realism = Realism(), still: float = 0.0) -> tuple[Tensor, Tensor]:
     """(n, 3, H+2m, W+2m) sharp sRGB CPU crops ([0, 1] float or uint8) -> (blurred, target), each
     (n, 3, H, W) float.
 
-    m = `margin_for(lengths[1])`; each image gets a family drawn from `families`.
+    m = `margin_for(lengths[1])`; each image gets a family drawn from `families`, and a `still` share
+    no blur at all (only the camera effects of `realism`).
     """
     n = sharp.shape[0]
     m, h, w = inner_size(sharp, lengths[1])
-    length = path_lengths(n, lengths, g)
+    length = path_lengths(n, lengths, g, still)
     pick = torch.randint(len(families), (n,), generator=g)
     scene = expose(sharp, realism, g)
     out = torch.empty(n, 3, h, w)

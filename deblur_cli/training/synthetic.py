@@ -104,19 +104,20 @@ def render(renderer: str, sharp: Tensor, families: tuple[str, ...], lengths: tup
 def training_pair(bank: PhotoBank, batch_size: int, crop: int, families: tuple[str, ...],
                   lengths: tuple[float, float], realism: shake.Realism, seed: int, step: int,
                   scales: tuple[float, float] = (1.0, 1.0), tries: int = 1,
-                  mix: frames.FrameMix = frames.FrameMix()) -> tuple[Tensor, Tensor]:
+                  mix: frames.FrameMix = frames.FrameMix(), still: float = 0.0) -> tuple[Tensor, Tensor]:
     """(blurred, sharp) float CPU batch of `crop` px for `step`; the crops carry a blur margin.
 
     The last `mix.share` of the batch is rendered by averaging frames, the rest by `shake.py`
-    (with no share, the batch is exactly what runs before the frame renderer drew)."""
+    (with no share, the batch is exactly what runs before the frame renderer drew); a `still` share of
+    each part is left unblurred."""
     generator = torch.Generator().manual_seed(mix_seed(seed, 0xB4, step))
     big = bank.batch(batch_size, crop + 2 * shake.margin_for(lengths[1]), generator, scales, tries)
     k = round(batch_size * mix.share)
     if k == 0:
-        return shake.blur(big, families, lengths, generator, realism)
-    parts = [shake.blur(big[:batch_size - k], families, lengths, generator, realism)] if k < batch_size else []
+        return shake.blur(big, families, lengths, generator, realism, still)
+    parts = [shake.blur(big[:batch_size - k], families, lengths, generator, realism, still)] if k < batch_size else []
     parts.append(frames.blur(big[batch_size - k:], mix.families, lengths, generator, realism, mix.layers, mix.gamma,
-                             mix.target))
+                             mix.target, still))
     return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
 

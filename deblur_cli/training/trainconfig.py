@@ -68,6 +68,7 @@ class TrainConfig:
     critic_channels: int = 64
     blur_strength: tuple[float, float] = (2.0, 60.0)  # path length in pixels
     blur_families: tuple[str, ...] = shake.TRAIN_FAMILIES
+    still_share: float = 0.0  # synthetic blur: share of inputs left sharp (camera effects only)
     crop_scales: tuple[float, float] = (0.5, 1.0)  # synthetic blur: crops taken at a random scale in this range
     crop_tries: int = 1  # synthetic blur: keep the most textured of this many random windows
     # frame-averaging renderer (frames.py, GOPRO's construction): its share of each batch and options
@@ -127,6 +128,8 @@ class TrainConfig:
         lo, hi = self.blur_strength
         if not 0 <= lo <= hi:
             problems.append(f"blur strength must be 0 <= LO <= HI, got {lo},{hi}")
+        if not 0 <= self.still_share <= 1:
+            problems.append(f"still-share must be in [0, 1], got {self.still_share:g}")
         for name in ("crop", "batch_size", "epochs", "critic_updates", "checkpoint_every"):
             if getattr(self, name) < 1:
                 problems.append(f"{name.replace('_', '-')} must be at least 1")

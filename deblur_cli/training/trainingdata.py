@@ -108,7 +108,7 @@ class StepBatches(Dataset):
     def __getitem__(self, step: int) -> tuple[Tensor, Tensor]:
         c = self.config
         return S.training_pair(self.bank, c.batch_size, c.crop, c.blur_families, c.blur_strength, c.realism,
-                               self.seed, step, c.crop_scales, c.crop_tries, c.frame_mix)
+                               self.seed, step, c.crop_scales, c.crop_tries, c.frame_mix, c.still_share)
 
 
 def rendered(batches: StepBatches, start: int, workers: int) -> Iterator[tuple[Tensor, Tensor]]:
