@@ -7,9 +7,9 @@
 - WGAN-GP: critic loss D(fake) - D(real) + 10 * (||grad D(x_hat)|| - 1)^2, generator loss -D(G(x)).
 - Content: MSE between VGG-19 conv5_4 features (pre-activation, see vgg.py), weight 100 in train.py;
   L1, Charbonnier or PSNR (per-image log MSE) on pixels for PSNR-oriented training without VGG
-  weights; an optional L1
-  on the 2-D spectrum, which punishes the missing high frequencies that pixel losses forgive, and an
-  optional L1 on the image gradients, which punishes a smoothed edge or texture in place.
+  weights; an optional L1 on the 2-D spectrum, which punishes the missing high frequencies that
+  pixel losses forgive, and an optional L1 on the image gradients, which punishes a smoothed edge
+  or texture in place.
 """
 
 from __future__ import annotations
