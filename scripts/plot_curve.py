@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-GROUPS = ("train", "held-out", "frames-held-out", "real")  # validation's groups; runs before 2026-12 have two
+GROUPS = ("train", "held-out", "frames-held-out", "real", "still")  # validation's; runs before 2026-12 have two
 LEVELS = ("mild", "medium", "strong", "extreme", "all")  # "all": the real-blur pairs have one level
 
 
@@ -84,7 +84,8 @@ def plot(points: list[dict[str, float]], path: Path, others: dict[str, list[dict
         for name, run, style in [("this run", points, "k-"), *compared]:
             line(ax, run, f"{group}/psnr_pooled_gain", style, linewidth=2, label=f"pooled (as whole photos), {name}")
         ax.axhline(0, color="grey", linewidth=0.5)
-        ax.set_title("real camera blur (REDS)" if group == "real" else f"{group} blur families")
+        titles = {"real": "real camera blur (REDS)", "still": "no blur (sharp + noise)"}
+        ax.set_title(titles.get(group, f"{group} blur families"))
         ax.set_xlabel("training step (batch 16)")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("aligned PSNR gain over the blurred input (dB)")

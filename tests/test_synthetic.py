@@ -112,6 +112,21 @@ def test_score_identity_baseline_and_a_perfect_model(photos: list[Sample]) -> No
     assert perfect["train/psnr_pooled"] == float("inf")
 
 
+def test_still_pairs_are_sharp_crops_with_validation_noise_only(photos: list[Sample]) -> None:
+    pairs = S.still_pairs(photos[:2], 48, seed=0)
+    assert [(p.group, p.level) for p in pairs] == [("still", "all")] * 2
+    for p in pairs:
+        noise = (p.blurred.float() - p.sharp.float()) / 255
+        assert 0 < float(noise.std()) <= S.VAL_REALISM.noise + 0.002 and abs(float(noise.mean())) < 0.002
+    assert torch.equal(S.still_pairs(photos[:1], 48, seed=0)[0].blurred, pairs[0].blurred)  # fixed per name
+    base = S.score(None, pairs, radius=0)
+    identity = S.score(lambda x: x, pairs, radius=0)  # a network that leaves the photo alone gains exactly 0
+    assert identity["still/psnr_aligned"] == base["still/psnr_aligned"]
+    sharpened = S.score(lambda x: (2 * x - F.avg_pool2d(x, 3, 1, 1, count_include_pad=False)).clamp(0, 1), pairs,
+                        radius=0)  # what a network that only saw blur does to a sharp photo
+    assert sharpened["still/psnr_aligned"] < base["still/psnr_aligned"] - 1.0
+
+
 def test_pooled_psnr_scores_a_level_as_one_photo(photos: list[Sample]) -> None:
     """Pooled = PSNR of the squared error summed over the level's crops (an independent numpy
     computation), not the mean of per-crop dB; a group's value is the mean over its levels."""

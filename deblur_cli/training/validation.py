@@ -105,7 +105,9 @@ class SyntheticValidation:
 
     def run(self, generator: MSDN, amp: str | None) -> dict[str, float]:
         if self.pairs is None:
-            self.pairs = S.validation_pairs(self.split.val, self.config.val_crop or VAL_CROP, self.config.seed)
+            size = self.config.val_crop or VAL_CROP
+            self.pairs = S.validation_pairs(self.split.val, size, self.config.seed)
+            self.pairs += S.still_pairs(self.split.val, size, self.config.seed)
             if self.config.val_real:
                 self.pairs += real_pairs(self.config.val_real, VAL_REAL_CROP)
             self.baseline = S.score(None, self.pairs, self.config.val_align)
