@@ -91,14 +91,21 @@ def test_a_second_layer_moves_on_its_own() -> None:
     assert (one - two).abs().mean() > 0.01
 
 
-def test_training_batches_mix_the_renderers_and_share_zero_is_unchanged(tmp_path) -> None:
+def astronaut_bank(folder) -> S.PhotoBank:
+    """A one-photo bank for the training-batch tests."""
     from PIL import Image
 
-    from deblur_cli.training.data import Sample, mix_seed
+    from deblur_cli.training.data import Sample
 
-    path = tmp_path / "a.png"
+    path = folder / "a.png"
     Image.fromarray(skdata.astronaut()[:220, :220]).save(path)
-    bank = S.PhotoBank([Sample(sharp=path)])
+    return S.PhotoBank([Sample(sharp=path)])
+
+
+def test_training_batches_mix_the_renderers_and_share_zero_is_unchanged(tmp_path) -> None:
+    from deblur_cli.training.data import mix_seed
+
+    bank = astronaut_bank(tmp_path)
     args = (bank, 4, 32, shake.TRAIN_FAMILIES, (2.0, 12.0), shake.Realism(), 3, 11)
     plain = S.training_pair(*args)
     generator = torch.Generator().manual_seed(mix_seed(3, 0xB4, 11))
@@ -115,13 +122,7 @@ def test_training_batches_mix_the_renderers_and_share_zero_is_unchanged(tmp_path
 
 
 def test_still_share_leaves_inputs_of_both_renderers_sharp(tmp_path) -> None:
-    from PIL import Image
-
-    from deblur_cli.training.data import Sample
-
-    path = tmp_path / "a.png"
-    Image.fromarray(skdata.astronaut()[:220, :220]).save(path)
-    args = (S.PhotoBank([Sample(sharp=path)]), 4, 32, shake.TRAIN_FAMILIES, (2.0, 12.0), NO_EFFECTS, 3, 11)
+    args = (astronaut_bank(tmp_path), 4, 32, shake.TRAIN_FAMILIES, (2.0, 12.0), NO_EFFECTS, 3, 11)
     blurred, sharp = S.training_pair(*args, mix=frames.FrameMix(share=0.5, layers=0.0), still=1.0)
     torch.testing.assert_close(blurred, sharp, atol=1e-4, rtol=0)
     config = TrainConfig(still_share=0.1)

@@ -112,7 +112,7 @@ def test_score_identity_baseline_and_a_perfect_model(photos: list[Sample]) -> No
     assert perfect["train/psnr_pooled"] == float("inf")
 
 
-def test_still_pairs_are_sharp_crops_with_validation_noise_only(photos: list[Sample]) -> None:
+def test_still_pairs_are_sharp_crops_with_fixed_read_noise(photos: list[Sample]) -> None:
     pairs = S.still_pairs(photos[:2], 48, seed=0)
     assert [(p.group, p.level) for p in pairs] == [("still", "all")] * 2
     for p in pairs:

@@ -153,7 +153,7 @@ def validation_pairs(samples: Sequence[Sample], size: int, seed: int,
     return pairs
 
 
-STILL_NOISE = 0.005  # the still group's read noise: the mean sigma of VAL_REALISM's draws, never 0
+STILL_NOISE = VAL_REALISM.noise / 2  # the still group's read noise: the mean of validation's draws, never 0
 
 
 def still_pairs(samples: Sequence[Sample], size: int, seed: int) -> list[ValPair]:
