@@ -163,6 +163,14 @@ def test_openvino_agrees_with_torch(tmp_path: Path):
     assert (deblur(runtime, small, **TILING) - deblur(network, small, **TILING)).abs().max() < 1e-4
 
 
+def entries(cache: Path, kind: str = "ir") -> list[Path]:
+    """The cache's entries of one kind: "ir" (converted) or "compiled" (any precision, threads and CPU)."""
+    def kind_of(entry: Path) -> str:
+        return json.loads((entry / ircache.SIDECAR).read_text())["key"]["kind"]
+
+    return [e for e in cache.iterdir() if (kind_of(e) == "ir") == (kind == "ir")]
+
+
 @needs_openvino
 def test_cache_is_keyed_by_weights_and_tile_shape_and_a_warm_start_builds_no_network(tmp_path: Path):
     network, other = tiny_network(1), tiny_network(2)
@@ -172,23 +180,26 @@ def test_cache_is_keyed_by_weights_and_tile_shape_and_a_warm_start_builds_no_net
         return ov_runtime.open_network(digest, net.size_multiple, builds, cache_dir=tmp_path), builds
 
     first, builds = runtime("11" * 32, network)
-    expected = deblur(first, image(100, 100), **TILING)
-    assert first.conversions == 1 and builds.calls == 1 and len(list(tmp_path.iterdir())) == 1
+    expected = deblur(first, image(100, 100), **TILING, amp=None)
+    assert first.conversions == 1 and first.compilations == 1 and builds.calls == 1
+    assert len(entries(tmp_path)) == 1 and len(entries(tmp_path, "compiled")) == 1
 
-    warm, builds = runtime("11" * 32, network)  # a second run: read back, never built nor converted
-    torch.testing.assert_close(deblur(warm, image(100, 100), **TILING), expected, atol=0, rtol=0)
-    assert warm.conversions == 0 and builds.calls == 0
+    warm, builds = runtime("11" * 32, network)  # a second run: imported, never built, converted nor compiled
+    torch.testing.assert_close(deblur(warm, image(100, 100), **TILING, amp=None), expected, atol=0, rtol=0)
+    assert warm.conversions == 0 and warm.compilations == 0 and builds.calls == 0
 
-    deblur(warm, image(100, 100), tile=48, overlap=16)  # another tile size: another entry
-    assert warm.conversions == 1 and builds.calls == 1 and len(list(tmp_path.iterdir())) == 2
+    deblur(warm, image(100, 100), tile=48, overlap=16, amp=None)  # another tile size: another entry of each kind
+    assert warm.conversions == 1 and builds.calls == 1 and len(entries(tmp_path)) == 2
+    deblur(warm, image(100, 100), **TILING, amp="bf16")  # another precision: compiled again, not converted
+    assert warm.conversions == 1 and warm.compilations == 2 and len(entries(tmp_path, "compiled")) == 3
     changed, _ = runtime("22" * 32, other)  # other weights: another entry, their own outputs
-    assert not torch.equal(deblur(changed, image(100, 100), **TILING), expected)
-    assert changed.conversions == 1 and len(list(tmp_path.iterdir())) == 3
+    assert not torch.equal(deblur(changed, image(100, 100), **TILING, amp=None), expected)
+    assert changed.conversions == 1 and len(entries(tmp_path)) == 3
 
 
 @pytest.fixture(scope="module")
 def pristine(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, torch.Tensor]:
-    """One converted entry (and the output it gives), copied by each damage case: one conversion, not two."""
+    """One converted and compiled network (and the output it gives), copied by each damage case."""
     cache = tmp_path_factory.mktemp("pristine")
     network = tiny_network(1)
     runtime = ov_runtime.OpenVinoNetwork("11" * 32, network.size_multiple, Builds(network), cache_dir=cache)
@@ -196,27 +207,31 @@ def pristine(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, torch.Tens
 
 
 @needs_openvino
+@pytest.mark.parametrize("kind", ["ir", "compiled"])
 @pytest.mark.parametrize("damage", ["flip a byte", "truncate", "delete the sidecar"])
-def test_a_damaged_cache_entry_is_rebuilt(tmp_path: Path, pristine: tuple[Path, torch.Tensor], damage: str):
+def test_a_damaged_cache_entry_is_rebuilt(tmp_path: Path, pristine: tuple[Path, torch.Tensor], damage: str,
+                                          kind: str):
     import shutil
 
     cache, expected = pristine
     shutil.copytree(cache, tmp_path / "cache")
-    (entry,) = (tmp_path / "cache").iterdir()
-    weights_file = entry / "model.bin"
-    data = bytearray(weights_file.read_bytes())
-    if damage == "flip a byte":
+    if kind == "ir":  # a damaged IR is read only when there is no compiled network to import
+        shutil.rmtree(entries(tmp_path / "cache", "compiled")[0])
+    (entry,) = entries(tmp_path / "cache", kind)
+    damaged = entry / ("model.bin" if kind == "ir" else ov_runtime.COMPILED_FILE)
+    data = bytearray(damaged.read_bytes())
+    if damage == "flip a byte":  # a compiled network with a flipped byte still runs, with other outputs
         data[len(data) // 2] ^= 0x40
-        weights_file.write_bytes(bytes(data))
+        damaged.write_bytes(bytes(data))
     elif damage == "truncate":
-        weights_file.write_bytes(bytes(data[: len(data) // 2]))
+        damaged.write_bytes(bytes(data[: len(data) // 2]))
     else:
         (entry / ircache.SIDECAR).unlink()
     network = tiny_network(1)
     again = ov_runtime.OpenVinoNetwork("11" * 32, network.size_multiple, Builds(network), cache_dir=tmp_path / "cache")
     torch.testing.assert_close(deblur(again, image(60, 60), **TILING), expected, atol=0, rtol=0)
-    assert again.conversions == 1  # converted again, not trusted
-    (entry,) = (tmp_path / "cache").iterdir()  # and stored intact in place of the damaged entry
+    assert (again.conversions, again.compilations) == ((1, 1) if kind == "ir" else (0, 1))  # rebuilt, not trusted
+    (entry,) = entries(tmp_path / "cache", kind)  # and stored intact in place of the damaged entry
     key = ircache.EntryKey(**json.loads((entry / ircache.SIDECAR).read_text())["key"])
     assert key.name == entry.name and ircache.read_entry(tmp_path / "cache", key) is not None
 
@@ -227,7 +242,7 @@ def test_cli_deblur_and_eval_with_openvino(monkeypatch: pytest.MonkeyPatch, tmp_
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.delenv("MSDN_RUNTIME")  # the CLI's own default: auto
     src = photo(tmp_path / "in" / "shot.png")
-    fast = ["--tile", "64", "--overlap", "16", "--device", "cpu"]
+    fast = ["--tile", "64", "--overlap", "16", "--device", "cpu", "--amp", "none"]  # float32 on any CPU
     code, out, err = run_cli("deblur", src, "-o", tmp_path / "ov.png", "--weights", weights, *fast)
     assert code == 0 and err == "" and " with openvino " in out, out + err
     code, out, _ = run_cli("deblur", src, "-o", tmp_path / "torch.png", "--weights", weights, *fast,
@@ -235,7 +250,7 @@ def test_cli_deblur_and_eval_with_openvino(monkeypatch: pytest.MonkeyPatch, tmp_
     assert code == 0 and " with torch " in out
     ov_pixels, torch_pixels = (np.asarray(Image.open(tmp_path / n)).astype(int) for n in ("ov.png", "torch.png"))
     assert np.abs(ov_pixels - torch_pixels).max() <= 1  # float32 both: at most a rounding step apart
-    assert len(list((tmp_path / "hf" / "msdn-openvino").iterdir())) == 1
+    assert len(entries(tmp_path / "hf" / "msdn-openvino")) == 1
 
     code, out, err = run_cli("deblur-dir", tmp_path / "in", "-o", tmp_path / "out", "--weights", weights, *fast,
                              "--runtime", "openvino")

@@ -2,8 +2,10 @@
 
 Why a cache: converting a generator for OpenVINO traces the torch network and takes seconds (and needs
 the network built from its weights, another second on a cold process); reading a converted network back
-and compiling it takes a fraction of that and needs neither. So each (weights, tile shape) is converted
-once and later runs start from the cache.
+and compiling it takes a fraction of that and needs neither, and importing the compiled network takes
+a quarter of the compile. So each (weights, tile shape) is converted once, each (precision, threads,
+CPU) compiled once, and later runs start from the cache. A compiled network has no checksum of its
+own (a flipped byte runs, with other outputs), so it is kept under the same checks as the IR.
 
 Where: `msdn-openvino/` beside the Hugging Face hub cache (`~/.cache/huggingface/msdn-openvino` by
 default; it follows `HF_HUB_CACHE` / `HF_HOME`), or `MSDN_OPENVINO_CACHE` when set.
@@ -36,18 +38,20 @@ LEFTOVER_AGE_S = 24 * 3600  # temporary folders of a run killed mid-write, remov
 @dataclass(frozen=True)
 class EntryKey:
     """What a converted network depends on: the exact weights, the tile shape it was traced at, and the
-    converter (OpenVINO's version and the revision of msdn's export form)."""
+    converter (OpenVINO's version and the revision of msdn's export form). `kind` tells the converted
+    network ("ir") from a network compiled from it for one precision, thread count and CPU."""
 
     weights_sha256: str
     height: int
     width: int
     producer: str
+    kind: str = "ir"
 
     @property
     def name(self) -> str:
-        """The entry's folder: readable prefix (weights, shape) + a digest of the whole key."""
+        """The entry's folder: readable prefix (weights, shape, kind) + a digest of the whole key."""
         digest = hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
-        return f"{self.weights_sha256[:16]}-{self.height}x{self.width}-{digest}"
+        return f"{self.weights_sha256[:16]}-{self.height}x{self.width}-{self.kind}-{digest}"
 
 
 def cache_root() -> Path:
@@ -115,7 +119,7 @@ def write_entry(root: Path, key: EntryKey, produce: Callable[[Path], None]) -> P
 
 def _superseded(root: Path, key: EntryKey) -> list[Path]:
     """Entries a new one replaces: its own name (a valid entry is read, never rewritten, so this one is
-    damaged) and the same weights and shape converted by another converter (an older OpenVINO)."""
+    damaged) and the same weights, shape and kind made by another converter (an older OpenVINO)."""
     prefix = key.name.rsplit("-", 1)[0] + "-"
     return [p for p in root.iterdir() if p.name == key.name or (p.name.startswith(prefix) and p.is_dir()
                                                                  and len(p.name) == len(key.name))]

@@ -7,10 +7,11 @@ colour handling and every output guarantee stay the one torch-based path in `inf
 How: the fused torch network is traced at one tile shape (`torch.jit.trace`, then
 `openvino.convert_model`; the batch dimension stays dynamic) and the result cached on disk
 (`ircache`), keyed by the weights' sha256, the tile shape, OpenVINO's version and `EXPORT_REVISION`.
-Precision is not part of the key: the IR keeps float32 weights and bf16 is a compile-time hint
-(`INFERENCE_PRECISION_HINT`), so one conversion serves both. A warm run reads and compiles the cached IR
-and never builds the torch network (which costs about a second on a fresh process), so a cold
-conversion builds it lazily, once.
+Precision is not part of that key: the IR keeps float32 weights and bf16 is a compile-time hint
+(`INFERENCE_PRECISION_HINT`), so one conversion serves both. The compiled network is cached too, keyed
+as well by precision, thread count and CPU: a warm run imports it (about a quarter of a compile) and
+never builds the torch network (which costs about a second on a fresh process), so a cold conversion
+builds it lazily, once.
 
 Torch is still imported: photos are decoded into torch tensors (`images.py`) and tiles are cut and
 blended with torch ops; a torch-free path would be a second tiling and image implementation.
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import hashlib
 import importlib.util
 import time
 import types
@@ -42,6 +44,7 @@ from deblur_cli.nets.model import PyramidPooling, pad_to_multiple
 
 INSTALL_HINT = "pip install 'msdn-deblur[openvino]'"
 KEEP_COMPILED = 4  # tile shapes kept compiled at once: a folder of many photo sizes must not grow without end
+COMPILED_FILE = "compiled.blob"  # a compiled network's entry: OpenVINO's export of it
 EXPORT_REVISION = 1  # bump when what is traced changes (`export_form`), so old cache entries are not used
 PRECISION_NAMES = {"f32": "fp32", "bf16": "bf16"}  # OpenVINO's names -> the ones --amp prints
 
@@ -71,6 +74,19 @@ def openvino_version() -> str:
     import openvino
 
     return openvino.__version__.split("-")[0]
+
+
+def _producer() -> str:
+    return f"openvino-{openvino_version()}+{EXPORT_REVISION}"
+
+
+@functools.cache
+def _cpu_tag() -> str:
+    """A short digest of the CPU as OpenVINO sees it: a compiled network holds kernels for one instruction
+    set, so a cache shared between machines keeps one per CPU."""
+    core = _core()
+    seen = f"{core.get_property('CPU', 'FULL_DEVICE_NAME')}|{core.get_property('CPU', 'OPTIMIZATION_CAPABILITIES')}"
+    return hashlib.sha256(seen.encode()).hexdigest()[:8]
 
 
 def cpu_has_native_bf16() -> bool:
@@ -152,6 +168,7 @@ class OpenVinoNetwork:
         self.cache_dir = cache_dir if cache_dir is not None else ircache.cache_root()
         self.setup_seconds = 0.0
         self.conversions = 0  # tile shapes converted by this process (not found in the cache)
+        self.compilations = 0  # networks compiled by this process (their compiled form not in the cache)
         self._build = build
         self._network: nn.Module | None = None
         self._requests: dict[tuple[int, int, str], Any] = {}
@@ -188,10 +205,8 @@ class OpenVinoNetwork:
             self._requests[key] = self._requests.pop(key)  # most recently used last
             return self._requests[key]
         start = time.perf_counter()
-        config = {"INFERENCE_PRECISION_HINT": precision, "INFERENCE_NUM_THREADS": self.threads,
-                  "PERFORMANCE_HINT": "LATENCY"}
         try:
-            compiled = _core().compile_model(self._ir(height, width), "CPU", config)
+            compiled = self._compiled(height, width, precision)
         except MsdnError:
             raise
         except Exception as exc:  # OpenVINO's conversion and compile errors have no common base class
@@ -203,12 +218,33 @@ class OpenVinoNetwork:
         self.setup_seconds += time.perf_counter() - start
         return self._requests[key]
 
+    def _compiled(self, height: int, width: int, precision: str) -> Any:
+        """The network compiled for this tile shape, precision and thread count: imported from the cache
+        when intact, else compiled from the IR and stored."""
+        config = {"INFERENCE_PRECISION_HINT": precision, "INFERENCE_NUM_THREADS": self.threads,
+                  "PERFORMANCE_HINT": "LATENCY"}
+        key = ircache.EntryKey(self.weights_sha256, height, width, _producer(),
+                               kind=f"{precision}-t{self.threads}-{_cpu_tag()}")
+        files = ircache.read_entry(self.cache_dir, key)
+        if files is not None and COMPILED_FILE in files:
+            try:
+                return _core().import_model(files[COMPILED_FILE], "CPU", config)
+            except Exception:  # noqa: BLE001 (intact bytes this OpenVINO or CPU cannot import: compiled again)
+                pass
+        compiled = _core().compile_model(self._ir(height, width), "CPU", config)
+        self.compilations += 1
+        try:
+            ircache.write_entry(self.cache_dir, key, lambda folder: (folder / COMPILED_FILE).write_bytes(
+                compiled.export_model().getvalue()))
+        except OSError:
+            pass  # as for the IR: an unwritable cache costs the next run a compile, never this run its result
+        return compiled
+
     def _ir(self, height: int, width: int) -> Any:
         """The converted network for this tile shape: from the cache when intact, else converted and stored."""
         import openvino
 
-        producer = f"openvino-{openvino_version()}+{EXPORT_REVISION}"
-        key = ircache.EntryKey(self.weights_sha256, height, width, producer)
+        key = ircache.EntryKey(self.weights_sha256, height, width, _producer())
         files = ircache.read_entry(self.cache_dir, key)
         if files is not None and {"model.xml", "model.bin"} <= files.keys():
             try:
