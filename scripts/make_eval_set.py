@@ -7,7 +7,10 @@ depends only on the photo's name, and written as PNG in the GOPRO layout
 
     OUT/{train,heldout,frames-heldout}/test/{mild,medium,strong,extreme}/{blur,sharp}/NAME.png
 
-so `msdn eval OUT/heldout --baseline identity --align 4` reports PSNR/SSIM per level. `train` uses
+so `msdn eval OUT/heldout --baseline identity --align 4` reports PSNR/SSIM per level. Beside them,
+`OUT/still/{blur,sharp}/NAME.png` holds the same photos unblurred, with only read noise of sigma
+`STILL_NOISE` (input about 46 dB): what a model does to a photo that is already sharp, whose ideal
+is the identity. `train` uses
 the PSF trajectory families training uses, `heldout` the PSF family it never sees
 (`deblur_cli.training.shake`), `frames-heldout` averaged frames along a camera path family training never
 sees (`deblur_cli.training.frames`, GOPRO's construction).
@@ -34,6 +37,7 @@ LONG_SIDE = 1280
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png")
 REPO = Path(__file__).resolve().parents[1]
 FOLDERS = {"train": "train", "held-out": "heldout", "frames-held-out": "frames-heldout"}  # group -> folder name
+STILL = "still"  # the folder of unblurred photos (paired layout, no levels)
 
 
 def load_resized(path: Path, long_side: int = LONG_SIDE) -> torch.Tensor:
@@ -78,6 +82,14 @@ def main(argv: list[str] | None = None) -> int:
     written = 0
     for path in photos:
         sharp = None
+        still_blur, still_sharp = args.out / STILL / "blur" / f"{path.stem}.png", args.out / STILL / "sharp" / f"{path.stem}.png"
+        if args.overwrite or not (still_blur.is_file() and still_sharp.is_file()):
+            sharp = load_resized(path, args.long_side)
+            noisy = S.still_input(sharp, name_seed(args.seed, path.name, STILL))
+            for p, img in ((still_blur, noisy), (still_sharp, sharp)):
+                p.parent.mkdir(parents=True, exist_ok=True)
+                save_rgb(p, img)
+            written += 1
         for level in levels:
             for group, (renderer, families) in GROUPS.items():
                 folder = args.out / FOLDERS[group] / "test" / level
@@ -91,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
                     p.parent.mkdir(parents=True, exist_ok=True)
                     save_rgb(p, img)
                 written += 1
-    print(f"{len(photos)} photos x {len(levels)} levels x {len(GROUPS)} groups in {args.out} ({written} pairs written)",
+    print(f"{len(photos)} photos x ({len(levels)} levels x {len(GROUPS)} groups + {STILL}) in {args.out} "
+          f"({written} pairs written)",
           file=sys.stderr)
     return 0
 

@@ -5,10 +5,11 @@ Why a script: the entry must carry the file's sha256/size/config (`deblur_cli.we
 .entry_template`), the bundled file name, the training data and licence summary, and the eval-set
 numbers per group and blur level, raw and aligned: the PSF families training uses (`train`), the
 PSF family it never sees (`heldout`), the frame-averaging renderer's held-out path family
-(`frames_heldout`) and real camera blur (`real`, the 25 REDS pairs of ../shared/data/real-blur).
+(`frames_heldout`), real camera blur (`real`, the 25 REDS pairs of ../shared/data/real-blur) and
+the same photos unblurred (`still`: what the model does to a sharp photo; its ideal is the identity).
 `--apply` copies the weights into `deblur_cli/weights/` and makes the entry the default model, but
-only when the held-out metrics are there and the aligned gain of every group given exceeds
-`--min-gain` (0 dB: issue #22 withdrew the +1.0 dB bar, since a small honest gain beats no model;
+only when the held-out metrics are there and the aligned gain of every blurred group given exceeds
+`--min-gain` (`still` is recorded, not gated: no model gains on an unblurred photo) (0 dB: issue #22 withdrew the +1.0 dB bar, since a small honest gain beats no model;
 a model that makes any group worse never becomes the default). A bundled model needs no Hub
 repository: its sha256 pins it.
 
@@ -35,6 +36,7 @@ from deblur_cli.weights.weightfile import read_config
 
 REPO = Path(__file__).resolve().parents[1]
 IDENTITY = "identity"
+UNGATED = "still"  # recorded, never gated: the best a model can do on an unblurred photo is nothing
 SHIP_GAIN_DB = 0.0
 MAX_BYTES = 25 * 10**6
 LICENCE_NOTE = "weights: MIT; training photos: per-photo licences in data/photos/manifest.json (all redistributable)"
@@ -76,8 +78,8 @@ def training_data(photos_manifest: Path) -> str:
 
 def build_entry(weights: Path, reports: dict[str, dict], name: str, photos_manifest: Path,
                 repo_id: str | None = None, revision: str | None = None) -> dict:
-    """The manifest entry; `reports` maps a group ("train", "heldout", "frames_heldout", "real") to
-    its eval report."""
+    """The manifest entry; `reports` maps a group ("train", "heldout", "frames_heldout", "real", "still")
+    to its eval report."""
     metrics = {f"{group}_{level}_{key}": round(value, 4)
                for group, report in reports.items()
                for level, row in level_table(report).items() for key, value in row.items()}
@@ -95,7 +97,7 @@ def apply(entry: dict, weights: Path, manifest: Path, min_gain: float) -> str | 
     if "heldout_overall_gain_db_aligned" not in entry["metrics"]:
         return "no held-out metrics: pass --heldout-json (msdn eval data/eval/heldout ... --align 4 --json)"
     gains = {key.removesuffix("_overall_gain_db_aligned"): value for key, value in entry["metrics"].items()
-             if key.endswith("_overall_gain_db_aligned")}
+             if key.endswith("_overall_gain_db_aligned") and not key.startswith(f"{UNGATED}_")}
     group, gain = min(gains.items(), key=lambda item: item[1])
     if gain <= min_gain:
         return f"{group} aligned gain {gain:+.2f} dB is not above {min_gain:+.2f} dB; not applied"
@@ -125,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--heldout-json", type=Path, help="msdn eval data/eval/heldout ... --json report")
     ap.add_argument("--frames-json", type=Path, help="msdn eval data/eval/frames-heldout ... --json report")
     ap.add_argument("--real-json", type=Path, help="msdn eval ../shared/data/real-blur ... --json report")
+    ap.add_argument("--still-json", type=Path, help="msdn eval data/eval/still ... --json report (not gated)")
     ap.add_argument("--name", default=None, help="model name (default: the file's stem)")
     ap.add_argument("--apply", action="store_true", help="bundle the file and make it the default model")
     ap.add_argument("--min-gain", type=float, default=SHIP_GAIN_DB, help="aligned gain every group must exceed")
@@ -138,7 +141,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     reports = {group: json.loads(path.read_text())
                for group, path in (("train", args.eval_json), ("heldout", args.heldout_json),
-                                   ("frames_heldout", args.frames_json), ("real", args.real_json)) if path}
+                                   ("frames_heldout", args.frames_json), ("real", args.real_json),
+                                   (UNGATED, args.still_json)) if path}
     entry = build_entry(args.weights, reports, args.name or args.weights.stem, args.photos_manifest,
                         args.repo_id, args.revision)
     print(json.dumps(entry, indent=2))

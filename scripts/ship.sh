@@ -6,7 +6,8 @@
 #
 # Exports fp16 and scores it with the identity baseline and --align 4 on the eval set's three
 # synthetic groups (data/eval/{train,heldout,frames-heldout}, made on first use) and on the real
-# camera blur of $REAL (default ../shared/data/real-blur, validation only, never shipped), then
+# camera blur of $REAL (default ../shared/data/real-blur, validation only, never shipped), and on the
+# unblurred photos of data/eval/still (recorded in the entry, not a condition), then
 # `scripts/manifest_entry.py --apply` bundles it in deblur_cli/weights/ and makes it the default.
 # Reports stay in $OUT (default: a temp folder).
 set -euo pipefail
@@ -15,7 +16,7 @@ WEIGHTS=${1:-campaign-1/best.safetensors}
 NAME=${NAME:-msdn-photos}
 OUT=${OUT:-$(mktemp -d)}
 REAL=${REAL:-../shared/data/real-blur}
-[ -d data/eval/frames-heldout ] || python scripts/make_eval_set.py
+[ -d data/eval/frames-heldout ] && [ -d data/eval/still ] || python scripts/make_eval_set.py
 python -m deblur_cli weights export "$WEIGHTS" -o "$OUT/$NAME.safetensors" --dtype fp16 --overwrite
 score() {  # score GROUP FOLDER
   python -m deblur_cli eval "$2" --weights "$OUT/$NAME.safetensors" --baseline identity --align 4 \
@@ -26,5 +27,7 @@ score heldout data/eval/heldout
 score frames data/eval/frames-heldout
 args=(--eval-json "$OUT/train.json" --heldout-json "$OUT/heldout.json" --frames-json "$OUT/frames.json")
 if [ -d "$REAL/blur" ]; then score real "$REAL"; args+=(--real-json "$OUT/real.json"); fi
+score still data/eval/still
+args+=(--still-json "$OUT/still.json")
 python scripts/manifest_entry.py "$OUT/$NAME.safetensors" "${args[@]}" --apply > "$OUT/entry.json"
 echo "shipped $NAME (reports in $OUT)"

@@ -16,6 +16,7 @@ from PIL import Image
 
 from conftest import TINY
 
+from deblur_cli.training.synthetic import STILL_NOISE
 from deblur_cli.training.trainconfig import TrainConfig
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
@@ -228,8 +229,14 @@ def test_make_eval_set_writes_every_group_per_level(tmp_path: Path) -> None:
     out = tmp_path / "eval"
     assert make_eval_set.main(["--photos", str(photos), "--out", str(out), "--levels", "mild,extreme"]) == 0
     files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png"))
-    assert files == [f"{g}/test/{lv}/{k}/p.png" for g in ("frames-heldout", "heldout", "train")
-                     for lv in ("extreme", "mild") for k in ("blur", "sharp")]
+    assert files == [f"{g}/test/{lv}/{k}/p.png" for g in ("frames-heldout", "heldout")
+                     for lv in ("extreme", "mild") for k in ("blur", "sharp")] + [
+        "still/blur/p.png", "still/sharp/p.png"] + [f"train/test/{lv}/{k}/p.png" for lv in ("extreme", "mild")
+                                                     for k in ("blur", "sharp")]
+    sharp, noisy = (np.asarray(Image.open(out / "still" / k / "p.png")).astype(float) for k in ("sharp", "blur"))
+    assert sharp.shape == (120, 160, 3)
+    assert np.std(noisy - sharp) == pytest.approx(255 * STILL_NOISE, rel=0.15)  # only the fixed read noise
+    assert 40 < 10 * np.log10(255**2 / np.mean((noisy - sharp) ** 2)) < 50  # about 46 dB, as validation's still crops
 
 
 # --- manifest entry ------------------------------------------------------------------------------
@@ -285,7 +292,8 @@ def test_manifest_apply_needs_a_gain_in_every_group(tmp_path: Path) -> None:
     assert json.loads(manifest.read_text())["default"] is None
     assert not (manifest.parent / "weights" / "m.safetensors").exists()
 
-    good = manifest_entry.build_entry(weights, {"heldout": _report(1.5, 1.2)}, "m", photos)
+    good = manifest_entry.build_entry(weights, {"heldout": _report(1.5, 1.2), "still": _report(-4.0, -3.5)}, "m", photos)
+    assert good["metrics"]["still_overall_gain_db_aligned"] == pytest.approx(-3.5)  # recorded, not a condition
     assert "repo_id" not in good and "revision" not in good  # bundled only: the sha256 pins it
     assert manifest_entry.apply(good, weights, manifest, 0.0) is None
     data = json.loads(manifest.read_text())

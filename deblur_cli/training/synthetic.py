@@ -167,10 +167,16 @@ def still_pairs(samples: Sequence[Sample], size: int, seed: int) -> list[ValPair
     pairs = []
     for sample in samples:
         sharp = centre(read_rgb(sample.sharp), size).float()[None] / 255.0
-        generator = torch.Generator().manual_seed(name_seed(seed, Path(sample.sharp).name, "still"))
-        noisy = (sharp + STILL_NOISE * torch.randn(sharp.shape, generator=generator)).clamp(0, 1)
+        noisy = still_input(sharp, name_seed(seed, Path(sample.sharp).name, "still"))
         pairs.append(ValPair("still", "all", Path(sample.sharp).stem, _to_uint8(noisy), _to_uint8(sharp)))
     return pairs
+
+
+def still_input(sharp: Tensor, seed: int) -> Tensor:
+    """A sharp float image with only read noise of sigma `STILL_NOISE`: the input of a still pair (validation
+    crops here, whole photos in the eval set's `still` folder)."""
+    generator = torch.Generator().manual_seed(seed)
+    return (sharp + STILL_NOISE * torch.randn(sharp.shape, generator=generator)).clamp(0, 1)
 
 
 def centre(photo: Tensor, size: int) -> Tensor:
