@@ -133,8 +133,9 @@ def test_shipped_default_model_is_bundled_pinned_and_loads_offline(monkeypatch):
     bundled = ROOT / "deblur_cli" / "weights" / entry.filename
     assert bundled.stat().st_size == entry.size_bytes < 25 * 10**6 and wf.sha256_file(bundled) == entry.sha256
     gains = {k: v for k, v in entry.metrics.items() if k.endswith("_overall_gain_db_aligned")}
-    assert set(gains) == {f"{g}_overall_gain_db_aligned" for g in ("train", "heldout", "frames_heldout", "real")}
-    assert all(v > 0 for v in gains.values())  # the shipping rule of scripts/manifest_entry.py
+    blurred = {f"{g}_overall_gain_db_aligned" for g in ("train", "heldout", "frames_heldout", "real")}
+    assert set(gains) == blurred | {"still_overall_gain_db_aligned"}  # still: recorded, not gated
+    assert all(gains[k] > 0 for k in blurred)  # the shipping rule of scripts/manifest_entry.py
     model = w.load_generator()
     assert model.config == entry.config and any(p.abs().sum() > 0 for p in model.head.parameters())  # trained
     assert (ROOT / "docs" / "MODEL_CARD.md").read_text().count(f"{gains['real_overall_gain_db_aligned']:+.2f}") >= 1
