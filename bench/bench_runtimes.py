@@ -198,13 +198,12 @@ def bench_cli(threads: int, repeats: int) -> None:
             results["torch"].append(run_cli(photo, "torch", threads, cache))
             results["openvino cold"].append(run_cli(photo, "openvino", threads, cache))
             results["openvino warm"].append(run_cli(photo, "openvino", threads, cache))
-        for name, runs in results.items():
-            wall, inner = min(runs)
+        best = {name: min(runs) for name, runs in results.items()}
+        for name, (wall, inner) in best.items():
             print(f"  msdn deblur 1280x720 JPEG -> PNG, {name}: {wall:.2f} s wall "
                   f"(deblurring {inner:.2f} s, the rest start-up, load, save; best of {repeats})")
-        best = {name: min(runs)[0] for name, runs in results.items()}
         print(f"  whole process, openvino warm against torch (both --amp auto): "
-              f"{best['torch'] / best['openvino warm']:.2f}x faster")
+              f"{best['torch'][0] / best['openvino warm'][0]:.2f}x faster")
 
 
 def main() -> None:
