@@ -40,7 +40,10 @@ def fork(checkpoint: dict, changes: dict) -> dict:
         if target is None:
             raise SystemExit(f"error: {key!r} is neither a train_config nor a model_config field")
         target[key] = tuple(value) if isinstance(value, list) else value
-    out = {**checkpoint, "train_config": train, "model_config": model}
+    # The fork's folder starts without best.safetensors, so its best score starts afresh too: carried over,
+    # a parent's best that no validation of the fork beats left best.safetensors as whatever generator
+    # the fork's first slice ended with, never updated again.
+    out = {**checkpoint, "train_config": train, "model_config": model, "best_val_psnr": None}
     config = TrainConfig.from_dict(train)
     if "lr" in changes:  # the schedule a run started at the new lr has, from the checkpoint's step on
         step = out["sched_g"]["last_epoch"]

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from safetensors import safe_open
 
 from conftest import TINY
 
@@ -330,6 +331,11 @@ def _run_killed_at_step_3(tmp_path: Path) -> tuple[TrainConfig, dict]:
     return config, load_training_checkpoint(tmp_path / "base")
 
 
+def _metadata(path: Path) -> dict[str, str]:
+    with safe_open(str(path), "pt") as f:
+        return f.metadata()
+
+
 def test_fork_changes_the_recipe_and_rescales_the_schedule(tmp_path: Path) -> None:
     """A fork resumes where `--resume` would refuse; with lr x2 it continues the cosine a run started at 2 lr has."""
     from deblur_cli.training import train as T
@@ -345,11 +351,14 @@ def test_fork_changes_the_recipe_and_rescales_the_schedule(tmp_path: Path) -> No
         events: list[dict] = []
         T.train(None, resume=run, callback=events.append)
         lrs[name] = [e["lr"] for e in events if e["event"] == "step"]
+        vals = [e for e in events if e["event"] == "val"]  # the fork's own best, not the parent's, names best.safetensors
+        assert vals and _metadata(run / "best.safetensors")["step"] == str(max(vals, key=lambda e: e["psnr"])["step"])
     assert load_training_checkpoint(tmp_path / "double")["train_config"]["crop"] == 48
     low, high = config.lr_final, config.lr  # the cosine runs from lr to lr_final: the fork's from 2 lr
     expected = [low + (2 * high - low) * (lr - low) / (high - low) for lr in lrs["same"]]
     assert len(lrs["same"]) == 4 and lrs["double"] == pytest.approx(expected, rel=1e-9)
     assert fork_run.fork(base, {"reset_optimizer": 1})["opt_g"]["state"] == {}
+    assert base["best_val_psnr"] is not None and fork_run.fork(base, {})["best_val_psnr"] is None
     with pytest.raises(SystemExit, match="'cropp' is neither"):
         fork_run.fork(base, {"cropp": 64})
 
