@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from safetensors import safe_open
 
 from conftest import TINY
 
 from deblur_cli.training.synthetic import STILL_NOISE
 from deblur_cli.training.trainconfig import TrainConfig
+from deblur_cli.weights.weightfile import read_metadata
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 sys.path.insert(0, str(SCRIPTS))
@@ -331,11 +331,6 @@ def _run_killed_at_step_3(tmp_path: Path) -> tuple[TrainConfig, dict]:
     return config, load_training_checkpoint(tmp_path / "base")
 
 
-def _metadata(path: Path) -> dict[str, str]:
-    with safe_open(str(path), "pt") as f:
-        return f.metadata()
-
-
 def test_fork_changes_the_recipe_and_rescales_the_schedule(tmp_path: Path) -> None:
     """A fork resumes where `--resume` would refuse; with lr x2 it continues the cosine a run started at 2 lr has."""
     from deblur_cli.training import train as T
@@ -352,7 +347,7 @@ def test_fork_changes_the_recipe_and_rescales_the_schedule(tmp_path: Path) -> No
         T.train(None, resume=run, callback=events.append)
         lrs[name] = [e["lr"] for e in events if e["event"] == "step"]
         vals = [e for e in events if e["event"] == "val"]  # the fork's own best, not the parent's, names best.safetensors
-        assert vals and _metadata(run / "best.safetensors")["step"] == str(max(vals, key=lambda e: e["psnr"])["step"])
+        assert vals and read_metadata(run / "best.safetensors")["step"] == str(max(vals, key=lambda e: e["psnr"])["step"])
     assert load_training_checkpoint(tmp_path / "double")["train_config"]["crop"] == 48
     low, high = config.lr_final, config.lr  # the cosine runs from lr to lr_final: the fork's from 2 lr
     expected = [low + (2 * high - low) * (lr - low) / (high - low) for lr in lrs["same"]]
