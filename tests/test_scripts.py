@@ -293,8 +293,11 @@ def test_manifest_apply_needs_a_gain_in_every_group(tmp_path: Path) -> None:
     assert json.loads(manifest.read_text())["default"] is None
     assert not (manifest.parent / "weights" / "m.safetensors").exists()
 
-    good = manifest_entry.build_entry(weights, {"heldout": _report(1.5, 1.2), "still": _report(-4.0, -3.5)}, "m", photos)
+    good = manifest_entry.build_entry(weights, {"heldout": _report(1.5, 1.2), "still": _report(-4.0, -3.5)}, "m", photos,
+                                      still_share=0.04)
     assert good["metrics"]["still_overall_gain_db_aligned"] == pytest.approx(-3.5)  # recorded, not a condition
+    assert "camera shake, 4% of inputs left unblurred; weights: MIT" in good["training_data"]
+    assert "unblurred" not in worse["training_data"]
     assert "repo_id" not in good and "revision" not in good  # bundled only: the sha256 pins it
     assert manifest_entry.apply(good, weights, manifest, 0.0) is None
     data = json.loads(manifest.read_text())
