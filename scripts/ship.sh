@@ -28,6 +28,6 @@ score frames data/eval/frames-heldout
 args=(--eval-json "$OUT/train.json" --heldout-json "$OUT/heldout.json" --frames-json "$OUT/frames.json")
 if [ -d "$REAL/blur" ]; then score real "$REAL"; args+=(--real-json "$OUT/real.json"); fi
 score still data/eval/still
-args+=(--still-json "$OUT/still.json" --still-share "${STILL_SHARE:-0.04}")  # the campaign's msdn train --still-share
+args+=(--still-json "$OUT/still.json" --run "$(dirname "$WEIGHTS")")  # the run's still share
 python scripts/manifest_entry.py "$OUT/$NAME.safetensors" "${args[@]}" --apply > "$OUT/entry.json"
 echo "shipped $NAME (reports in $OUT)"
